@@ -1,0 +1,395 @@
+"""Stories in, model windows out.
+
+Loading: one function for a Hub dataset id (default `skeskinen/TinyStories-GPT4`) or local .jsonl/.json/.parquet
+files and folders with the same columns (`story`, `features`). Bad rows are skipped and counted, never fatal,
+unless nothing usable remains.
+
+Windows: the seed's two tag insertion approaches.
+  approach 1: [BOS] tags story [EOS] is one sequence; windows slide over it, so the tags leave the context.
+  approach 2: every window starts with [BOS] tags (pinned), then the next slice of the story.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, TAGS, normalize_tags, tag_ids
+
+DEFAULT_DATASET = "skeskinen/TinyStories-GPT4"
+IGNORE = -100  # label of a position whose next token is not scored
+DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
+_SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val", "test")}
+_SPECIAL_TEXT = re.compile(r"\[(PAD|BOS|EOS|TAG_\d+)\]")
+
+
+class DataError(ValueError):
+    """No usable stories in a data source, or a source that cannot be read."""
+
+
+@dataclass
+class Story:
+    text: str
+    tags: list[str]
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and what it skipped, for the log and the model card."""
+
+    source: str
+    split: str
+    stories: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows
+    dropped_features: Counter = field(default_factory=Counter)  # unknown feature name -> count
+
+    def __str__(self) -> str:
+        s = f"{self.stories:,} {self.split} stories from {self.source}"
+        if self.skipped:
+            s += "; skipped rows: " + ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
+        if self.dropped_features:
+            s += "; dropped unknown features: " + ", ".join(f"{k!r} x{n}" for k, n in self.dropped_features.items())
+        return s
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def in_valid_split(text: str, valid_fraction: float) -> bool:
+    """Deterministic, order-free split for sources with no validation split: a hash of the story."""
+    return zlib.crc32(text.encode("utf-8")) % 10_000 < valid_fraction * 10_000
+
+
+def load_stories(
+    source: str | os.PathLike = DEFAULT_DATASET,
+    split: str = "train",
+    max_stories: int | None = None,
+    valid_fraction: float = 0.01,
+    streaming: bool = False,
+) -> tuple[list[Story], LoadReport]:
+    """Stories with their tags from a local file/folder or a Hub dataset id.
+
+    `split` is "train" or "valid". A folder's files are matched by name (train*, valid*/validation*/test*); a
+    source with no valid split is split deterministically by a hash of each story (`valid_fraction`).
+    """
+    if split not in _SPLIT_NAMES:
+        raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
+    report = LoadReport(source=str(source), split=split)
+    path = Path(source)
+    if path.exists():
+        rows, hash_split = _local_rows(path, split)
+    elif _looks_like_path(str(source)):
+        raise DataError(f"data source {source} does not exist (give a .jsonl/.json/.parquet file, a folder, or a Hub id)")
+    else:
+        rows, hash_split = _hub_rows(str(source), split, streaming)
+    stories = []
+    for row in rows:
+        story = _clean_row(row, report)
+        if story is None:
+            continue
+        if hash_split and in_valid_split(story.text, valid_fraction) != (split == "valid"):
+            continue
+        stories.append(story)
+        if max_stories is not None and len(stories) >= max_stories:
+            break
+    report.stories = len(stories)
+    if not stories:
+        raise DataError(f"no usable stories in {source} ({split} split): {report}")
+    return stories, report
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or s.endswith(DATA_EXTENSIONS) or s.count("/") != 1
+
+
+def _local_rows(path: Path, split: str) -> tuple[Iterator, bool]:
+    if path.is_file():
+        return _file_rows(path), True
+    files = sorted(p for p in path.iterdir() if p.suffix in DATA_EXTENSIONS)
+    if not files:
+        raise DataError(f"no .jsonl/.json/.parquet files in folder {path}")
+    named = [p for p in files if p.name.lower().startswith(_SPLIT_NAMES[split])]
+    has_splits = any(p.name.lower().startswith(n) for p in files for names in _SPLIT_NAMES.values() for n in names)
+    if has_splits:  # the folder has its own split: use it
+        if not named:
+            raise DataError(f"folder {path} has no {split} file (looked for {', '.join(_SPLIT_NAMES[split])}*)")
+        return (row for p in named for row in _file_rows(p)), False
+    return (row for p in files for row in _file_rows(p)), True
+
+
+def _file_rows(path: Path) -> Iterator:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(path).to_pylist()
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.read(1)
+        while first and first.isspace():
+            first = f.read(1)
+        f.seek(0)
+        if path.suffix == ".json" and first == "[":
+            try:
+                yield from json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} is not valid JSON: {e}") from None
+            return
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                yield _MALFORMED
+
+
+_MALFORMED = object()
+
+
+def _hub_rows(repo_id: str, split: str, streaming: bool) -> tuple[Iterator, bool]:
+    import datasets
+
+    try:
+        splits = datasets.get_dataset_split_names(repo_id)
+    except Exception as e:  # offline, missing repo, private repo...
+        raise DataError(f"cannot read dataset {repo_id!r} from the Hugging Face Hub: {e}") from None
+    name = next((n for n in _SPLIT_NAMES[split] if n in splits), None)
+    hash_split = name is None
+    ds = datasets.load_dataset(repo_id, split=name or "train", streaming=streaming)
+    return iter(ds), hash_split
+
+
+def _clean_row(row, report: LoadReport) -> Story | None:
+    if row is _MALFORMED:
+        report.skipped["malformed JSON"] += 1
+        return None
+    if not isinstance(row, dict):
+        report.skipped["not an object"] += 1
+        return None
+    text = row.get("story")
+    if not isinstance(text, str) or not text.strip():
+        report.skipped["missing or empty story"] += 1
+        return None
+    features = row.get("features") or []
+    if not isinstance(features, (list, tuple)):
+        report.skipped["features not a list"] += 1
+        return None
+    tags = []
+    for f in features:
+        try:
+            tags += normalize_tags([f])
+        except ValueError:
+            report.dropped_features[str(f)] += 1
+    return Story(text=text.strip(), tags=normalize_tags(tags))
+
+
+# ----------------------------------------------------------------------------------------------- tokens
+
+
+def encode_stories(tokenizer, stories: list[Story]) -> list[list[int]]:
+    """Token ids of each story's text (no special tokens; special-token strings in a story are removed)."""
+    texts = [_SPECIAL_TEXT.sub("", s.text) for s in stories]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class TokenizedStories:
+    """All stories as one flat uint16 token array + offsets, and each story's tags as a bit mask.
+
+    Compact (2 bytes a token) and memory-mappable, so the real 2.7M-story dataset fits too.
+    """
+
+    tokens: np.ndarray  # uint16 [total tokens]
+    offsets: np.ndarray  # int64 [stories + 1]
+    tag_bits: np.ndarray  # uint8 [stories], bit i = TAGS[i]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def story_ids(self, i: int) -> list[int]:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]].tolist()
+
+    def tags(self, i: int) -> list[str]:
+        return [t for b, t in enumerate(TAGS) if self.tag_bits[i] >> b & 1]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def build(cls, tokenizer, stories: list[Story], batch: int = 2048) -> "TokenizedStories":
+        ids: list[list[int]] = []
+        for i in range(0, len(stories), batch):
+            ids += encode_stories(tokenizer, stories[i : i + batch])
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        tokens = np.fromiter((t for x in ids for t in x), dtype=np.uint16, count=int(offsets[-1]))
+        bits = np.array([sum(1 << TAGS.index(t) for t in s.tags) for s in stories], dtype=np.uint8)
+        return cls(tokens, offsets, bits)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, tokens=self.tokens, offsets=self.offsets, tag_bits=self.tag_bits)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TokenizedStories":
+        z = np.load(path)
+        return cls(z["tokens"], z["offsets"], z["tag_bits"])
+
+
+def tokenize_cached(tokenizer, stories: list[Story], cache_dir: str | os.PathLike | None) -> TokenizedStories:
+    """Tokenize once; later runs on the same stories and tokenizer read the cached array."""
+    if cache_dir is None:
+        return TokenizedStories.build(tokenizer, stories)
+    h = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode())
+    for s in stories:
+        h.update(s.text.encode())
+        h.update(",".join(s.tags).encode() + b"\0")
+    path = Path(cache_dir) / f"tokens-{h.hexdigest()[:16]}.npz"
+    if path.exists():
+        return TokenizedStories.load(path)
+    data = TokenizedStories.build(tokenizer, stories)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.save(path)
+    return data
+
+
+# ----------------------------------------------------------------------------------------------- windows
+
+
+def prefix_and_body(story_ids: list[int], tags, approach: int) -> tuple[list[int], list[int], int]:
+    """Split a story into (pinned prefix, body, index of the first body token that is scored).
+
+    approach 1: no pinned prefix; body = [BOS] tags story [EOS]; the tags are input, not targets.
+    approach 2: prefix = [BOS] tags, pinned at the start of every window; body = story [EOS].
+    """
+    head = [BOS_ID] + tag_ids(tags)
+    if approach == 1:
+        return [], head + list(story_ids) + [EOS_ID], len(head)
+    if approach == 2:
+        return head, list(story_ids) + [EOS_ID], 0
+    raise ValueError(f"approach must be 1 or 2, got {approach!r}")
+
+
+def default_stride(context: int, prefix_len: int = 7) -> int:
+    """How far the window moves when it is full: half the room left after the longest tag prefix."""
+    return max(1, (context - prefix_len) // 2)
+
+
+def windows(story_ids, tags, approach: int, context: int, stride: int | None = None, score: str = "new"):
+    """Causal-decoder windows of one story: a list of (input_ids, labels), each at most `context` long.
+
+    labels[j] is the token that follows input_ids[j], or IGNORE. Windows start `stride` body tokens apart.
+    score="new": every target token is scored exactly once, in the first window that sees it with the most
+    context (evaluation, and the rule generation follows). score="all": every target in every window (training).
+    """
+    prefix, body, first = prefix_and_body(story_ids, tags, approach)
+    room = context - len(prefix)  # body tokens a window holds as input
+    if room < 1:
+        raise ValueError(f"context {context} is too short for a {len(prefix)}-token tag prefix")
+    stride = stride or default_stride(context)
+    out, start, scored_to = [], 0, first  # scored_to: body index of the first target not yet scored
+    while True:
+        end = min(start + room, len(body) - 1)  # body[start:end] is input; body[end] the last target
+        seq = prefix + body[start : end + 1]
+        targets = seq[1:]
+        positions = range(len(prefix) - 1 if prefix else 0, len(seq) - 1)  # input positions with body targets
+        labels = [IGNORE] * len(targets)
+        for j in positions:
+            body_index = j + 1 - len(prefix) + start
+            if body_index >= first and (score == "all" or body_index >= scored_to):
+                labels[j] = targets[j]
+        out.append((seq[:-1], labels))
+        scored_to = end + 1
+        if end >= len(body) - 1:
+            return out
+        start += stride
+
+
+def last_token_examples(story_ids, tags, approach: int, context: int):
+    """The seed arch's training examples: for every target token, (the `context` tokens before it, target).
+
+    The seed predicts from its last position only, so each target gets its own window, left-padded with [PAD].
+    """
+    prefix, body, first = prefix_and_body(story_ids, tags, approach)
+    room = context - len(prefix)
+    out = []
+    for t in range(first, len(body)):
+        window = prefix + body[max(0, t - room) : t]
+        out.append(([PAD_ID] * (context - len(window)) + window, body[t]))
+    return out
+
+
+class WindowDataset:
+    """Model examples over TokenizedStories, built lazily: windows for the decoder, per-token ones for the seed.
+
+    Indexing is a (story, window) table, computed once with numpy; examples are cut on demand.
+    """
+
+    def __init__(self, data: TokenizedStories, arch: str, approach: int, context: int, score: str = "all",
+                 stride: int | None = None):
+        self.data, self.arch, self.approach, self.context, self.score = data, arch, approach, context, score
+        self.stride = stride or default_stride(context)
+        if arch == "seed":
+            # story i yields one example per scored target: its story tokens + [EOS]
+            counts = data.lengths + 1
+        else:
+            counts = self._window_counts()
+        self.story_of = np.repeat(np.arange(len(data)), counts)
+        self.index_in_story = np.arange(len(self.story_of)) - np.repeat(np.cumsum(counts) - counts, counts)
+
+    def _window_counts(self) -> np.ndarray:
+        # mirrors windows(): body length n (+ tags for approach 1); windows start every `stride` tokens
+        n_tags = np.array([bin(b).count("1") for b in self.data.tag_bits])
+        if self.approach == 1:
+            body = self.data.lengths + 1 + n_tags + 1
+            room = np.full(len(body), self.context)
+        else:
+            body = self.data.lengths + 1
+            room = self.context - 1 - n_tags
+        stride = self.stride
+        # window k covers body[k*stride : k*stride+room]; the last one reaches body[-1]
+        last = body - 1
+        return 1 + np.maximum(0, np.ceil((last - room) / stride)).astype(np.int64)
+
+    def _story_windows(self, i: int):
+        return windows(self.data.story_ids(i), self.data.tags(i), self.approach, self.context, self.stride, self.score)
+
+    def __len__(self) -> int:
+        return len(self.story_of)
+
+    def __getitem__(self, k: int):
+        i, j = int(self.story_of[k]), int(self.index_in_story[k])
+        if self.arch == "seed":
+            prefix, body, first = prefix_and_body(self.data.story_ids(i), self.data.tags(i), self.approach)
+            t = first + j
+            room = self.context - len(prefix)
+            window = prefix + body[max(0, t - room) : t]
+            return [PAD_ID] * (self.context - len(window)) + window, body[t]
+        return self._story_windows(i)[j]
+
+
+def collate(batch, context: int):
+    """Stack examples into tensors: decoder windows are right-padded ([PAD] input, IGNORE label)."""
+    import torch
+
+    inputs, labels = zip(*batch)
+    if isinstance(labels[0], int):  # seed examples: already left-padded to `context`
+        return torch.tensor(inputs), torch.tensor(labels)
+    n = max(len(x) for x in inputs)
+    x = torch.full((len(batch), n), PAD_ID, dtype=torch.long)
+    y = torch.full((len(batch), n), IGNORE, dtype=torch.long)
+    for r, (a, b) in enumerate(batch):
+        x[r, : len(a)] = torch.tensor(a)
+        y[r, : len(b)] = torch.tensor(b)
+    return x, y

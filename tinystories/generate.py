@@ -1,0 +1,178 @@
+"""Story generation for both archs: top-p sampling, a growing EOS bias, streaming, reproducible with a seed.
+
+The context follows the model's approach, exactly as in training and evaluation (data.windows):
+approach 1 starts the story with [BOS] tags and lets them slide out of a full window; approach 2 keeps
+[BOS] tags pinned at the start of every window. When a decoder's window is full it moves forward by
+`default_stride(context)` story tokens and re-reads the window into a fresh KV cache.
+
+EOS bias schedule: from the `eos_bias_after`-th generated token on, the [EOS] logit gets
++EOS_BIAS_STEP * (tokens generated - eos_bias_after + 1), i.e. +0.1 nats per token: +5 fifty tokens later,
++15 at the 350-token cap. Stories end near a natural stopping point instead of being cut off.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .data import default_stride, prefix_and_body
+from .tokenizer import EOS_ID, GPT2_VOCAB_SIZE, PAD_ID, normalize_tags
+
+MAX_TOKENS = 350
+EOS_BIAS_STEP = 0.1
+
+
+class GenerationError(ValueError):
+    """A sampling setting out of range; the message names it and its range."""
+
+
+def check_settings(temperature=1.0, top_p=0.9, max_tokens=MAX_TOKENS, eos_bias_after=200, seed=None) -> dict:
+    """Validated sampling settings (numbers coerced); raises GenerationError with a readable message."""
+
+    def number(name, v, lo, hi, kind=float):
+        try:
+            x = kind(v)
+            if kind is int and x != float(v):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            raise GenerationError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {v!r}") from None
+        if not lo <= x <= hi:  # NaN fails too
+            raise GenerationError(f"{name} must be between {lo} and {hi}, got {v!r}")
+        return x
+
+    return dict(
+        temperature=number("temperature", temperature, 0.0, 5.0),
+        top_p=number("top_p", top_p, 0.0, 1.0),
+        max_tokens=number("max_tokens", max_tokens, 1, MAX_TOKENS, int),
+        eos_bias_after=number("eos_bias_after", eos_bias_after, 0, MAX_TOKENS, int),
+        seed=None if seed is None or seed == "" else number("seed", seed, 0, 2**63 - 1, int),
+    )
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Nucleus sampling from one row of logits; temperature 0 is greedy."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = F.softmax(logits / temperature, -1)
+    sorted_probs, order = probs.sort(descending=True)
+    cum = sorted_probs.cumsum(0)
+    keep = (cum - sorted_probs) < top_p  # tokens needed to reach top_p; the first is always kept
+    keep[0] = True
+    kept = sorted_probs[keep]
+    return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
+
+
+class _Reader:
+    """Feeds a growing story to a model under its approach's window rule; returns next-token log-probs."""
+
+    def __init__(self, model, tags):
+        self.model, cfg = model, model.config
+        self.prefix, body, _ = prefix_and_body([], tags, cfg.approach)
+        self.body = body[:-1]  # drop the [EOS] placeholder: the story is what we generate
+        self.room = cfg.context - len(self.prefix)
+        self.stride = default_stride(cfg.context)
+        self.start, self.cache = 0, None
+
+    def append(self, token: int) -> None:
+        self.body.append(token)
+
+    @torch.inference_mode()
+    def next_log_probs(self) -> torch.Tensor:
+        m, device = self.model, next(self.model.parameters()).device
+        if m.arch == "seed":
+            window = self.prefix + self.body[-self.room :]
+            x = torch.tensor([[PAD_ID] * (m.config.context - len(window)) + window], device=device)
+            return F.log_softmax(m.seed(x)[0].float(), -1)
+        dec = m.decoder
+        if self.cache is not None and len(self.body) - self.start <= self.room:
+            h = dec(torch.tensor([[self.body[-1]]], device=device), self.cache)
+        else:  # first call, or the window is full: move it by whole strides and re-read
+            while len(self.body) - self.start > self.room:
+                self.start += self.stride
+            self.cache = dec.new_cache()
+            h = dec(torch.tensor([self.prefix + self.body[self.start :]], device=device), self.cache)
+        return dec.output.log_probs(h[:, -1])[0].float()
+
+
+def stream_story(model, tags=(), *, temperature: float = 1.0, top_p: float = 0.9, max_tokens: int = MAX_TOKENS,
+                 eos_bias_after: int = 200, seed: int | None = None, tokenizer=None) -> Iterator[str]:
+    """Yield the story text so far after every token, until [EOS] or `max_tokens` tokens."""
+    s = check_settings(temperature, top_p, max_tokens, eos_bias_after, seed)
+    tags = normalize_tags(tags)
+    tokenizer = tokenizer or model.tokenizer
+    generator = torch.Generator().manual_seed(s["seed"] if s["seed"] is not None else torch.seed())
+    reader, story = _Reader(model, tags), []
+    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    banned[GPT2_VOCAB_SIZE:] = True  # never sample [PAD] [BOS] or a tag inside a story
+    banned[EOS_ID] = False
+    text = ""
+    for n in range(s["max_tokens"]):
+        logits = reader.next_log_probs().cpu().masked_fill(banned, float("-inf"))
+        if n >= s["eos_bias_after"]:
+            logits[EOS_ID] += EOS_BIAS_STEP * (n - s["eos_bias_after"] + 1)
+        token = sample_token(logits, s["temperature"], s["top_p"], generator)
+        if token == EOS_ID:
+            break
+        story.append(token)
+        reader.append(token)
+        new = tokenizer.decode(story).strip()
+        if not new.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            text = new
+            yield text
+    final = tokenizer.decode(story).strip()
+    if final != text:
+        yield final
+
+
+def generate(model, tags=(), **kwargs) -> str:
+    """The whole story (see stream_story for the settings)."""
+    text = ""
+    for text in stream_story(model, tags, **kwargs):
+        pass
+    return text
+
+
+def generate_text(model=None, tags=(), file=sys.stdout, **kwargs) -> str:
+    """The seed's usage: print "Generating story with [...]" and stream the story to `file`; return it."""
+    from .hub import load_model
+
+    model = model if model is not None else load_model()
+    tags = normalize_tags(tags)
+    print(f"Generating story with {tags}", file=file, flush=True)
+    shown = ""
+    for text in stream_story(model, tags, **kwargs):
+        print(text[len(shown) :] if text.startswith(shown) else "\n" + text, end="", file=file, flush=True)
+        shown = text
+    print(file=file, flush=True)
+    return shown
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from .hub import CheckpointError, load_model
+
+    p = argparse.ArgumentParser(description="Generate a tag-conditioned children's story.")
+    p.add_argument("--model", default=None, help="checkpoint folder or Hub repo id[@revision] (default: bundled)")
+    p.add_argument("--tags", default="", help="comma-separated tags, e.g. Dialogue,Twist (none: an untagged story)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--eos-bias-after", type=int, default=200)
+    args = p.parse_args(argv)
+    try:
+        tags = normalize_tags(args.tags)
+        settings = check_settings(args.temperature, args.top_p, args.max_tokens, args.eos_bias_after, args.seed)
+        model = load_model(args.model)
+    except (ValueError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    generate_text(model, tags, **settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The two architectures, one config, one Hub-loadable module.
+
+seed:    the seed's model exactly: token + learned position embeddings, 4 groups of 3 TransformerEncoder layers
+         (d=256, 8 heads, FF 768/1024/1024/768), Dropout 0.1 after each group, the last position's output,
+         Linear 256 -> vocab. It predicts one token per window, so training costs a window per token.
+decoder: a causal pre-LN decoder trained on every position, with a KV cache for generation. Its output is an
+         adaptive softmax over frequency-sorted ids (Grave et al. 2017), tied with an adaptive input embedding
+         (Baevski & Auli 2019): a proper distribution over all 50,266 ids at a fraction of the cost of a 50k-way
+         Linear, which dominates a small model on a CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+
+from .tokenizer import GPT2_VOCAB_SIZE, PAD_ID, VOCAB_SIZE
+
+CONFIG_VERSION = 1
+ARCHS = ("seed", "decoder")
+
+
+class ConfigError(ValueError):
+    """A config.json this version cannot load."""
+
+
+@dataclass
+class TinyStoriesConfig:
+    arch: str = "decoder"  # "seed" or "decoder"
+    approach: int = 2  # 1: tags once at the story start; 2: tags at the start of every window
+    context: int = 64  # tokens a window holds (the seed: 50)
+    vocab_size: int = VOCAB_SIZE
+    d_model: int = 256
+    n_heads: int = 8
+    dropout: float = 0.1
+    # seed: groups of TransformerEncoder layers, one FF width per group
+    group_ff: tuple[int, ...] = (768, 1024, 1024, 768)
+    layers_per_group: int = 3
+    # decoder
+    n_layers: int = 6
+    d_ff: int = 1024
+    cutoffs: tuple[int, ...] = (2000, 10000)  # adaptive softmax clusters over frequency rank; () = full softmax
+    div_value: float = 4.0
+    storage_dtype: str = "float16"  # dtype of model.safetensors; the model runs in float32
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        self.group_ff, self.cutoffs = tuple(self.group_ff), tuple(self.cutoffs)
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.approach not in (1, 2):
+            raise ConfigError(f"approach must be 1 or 2, got {self.approach!r}")
+        if not 8 <= self.context <= 4096:
+            raise ConfigError(f"context must be between 8 and 4096 tokens, got {self.context}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if list(self.cutoffs) != sorted(set(self.cutoffs)) or any(not 0 < c < self.vocab_size for c in self.cutoffs):
+            raise ConfigError(f"cutoffs must increase strictly within (0, vocab_size), got {self.cutoffs}")
+        if self.storage_dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"storage_dtype must be float32, float16 or bfloat16, got {self.storage_dtype!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TinyStoriesConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
+        version = d.get("version", CONFIG_VERSION)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if version != CONFIG_VERSION or unknown:
+            raise ConfigError(
+                f"config.json is from another version of tinystories (version {version}, this is "
+                f"{CONFIG_VERSION}; unknown fields: {sorted(unknown) or 'none'}): retrain or upgrade the package"
+            )
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"bad config.json: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------- seed
+
+
+class SeedEncoder(nn.Module):
+    """The seed's model: encoder groups over a (left-padded) window, predicting from its last position."""
+
+    def __init__(self, cfg: TinyStoriesConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.embedding = nn.Embedding(cfg.vocab_size, d)
+        self.position = nn.Embedding(cfg.context, d)  # LearnedPositionalEmbedding(max_length=context)
+        self.groups = nn.ModuleList(
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(d, cfg.n_heads, ff, cfg.dropout, batch_first=True),
+                cfg.layers_per_group,
+                enable_nested_tensor=False,
+            )
+            for ff in cfg.group_ff
+        )
+        self.dropouts = nn.ModuleList(nn.Dropout(cfg.dropout) for _ in cfg.group_ff)
+        self.head = nn.Linear(d, cfg.vocab_size)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx [B, T] -> logits [B, V] of the token that follows idx[:, -1] (SelectLastToken)."""
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.embedding(idx) + self.position(pos)
+        pad = idx == PAD_ID
+        for group, drop in zip(self.groups, self.dropouts):
+            x = drop(group(x, src_key_padding_mask=pad))
+        return self.head(x[:, -1])
+
+
+# ----------------------------------------------------------------------------------------------- decoder
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens fed so far; one batch row per sequence."""
+
+    def __init__(self, n_layers: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.layers[0] is None else self.layers[0][0].shape[2]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: TinyStoriesConfig):
+        super().__init__()
+        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        past = cache.layers[layer] if cache is not None else None
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        if cache is not None:
+            cache.layers[layer] = (k, v)
+        # One new token attends to everything cached: no mask. A prompt (no past) is causal.
+        causal = past is None and T > 1
+        if past is not None and T > 1:
+            raise ValueError("feed cached sequences one token at a time")
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TinyStoriesConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model), nn.Dropout(cfg.dropout)
+        )
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class AdaptiveOutput(nn.Module):
+    """Adaptive softmax over frequency ranks, whose weights double as the input embedding.
+
+    Ranks: rank_of_id maps a token id to its frequency rank in the training data (specials first), so the
+    common tokens share the cheap head cluster. Log-probabilities are returned in token-id order.
+    """
+
+    def __init__(self, cfg: TinyStoriesConfig):
+        super().__init__()
+        self.cutoffs = list(cfg.cutoffs)
+        if self.cutoffs:
+            self.asm = nn.AdaptiveLogSoftmaxWithLoss(cfg.d_model, cfg.vocab_size, self.cutoffs, cfg.div_value)
+            self.starts = [0] + self.cutoffs
+            self.ends = self.cutoffs + [cfg.vocab_size]
+        else:
+            self.linear = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.register_buffer("rank_of_id", torch.arange(cfg.vocab_size))
+
+    @torch.no_grad()
+    def set_token_counts(self, counts: np.ndarray) -> None:
+        """Order ids by how often they occur in the training data; special tokens first."""
+        counts = np.asarray(counts, dtype=np.float64).copy()
+        counts[GPT2_VOCAB_SIZE:] = np.inf
+        order = np.argsort(-counts, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        self.rank_of_id.copy_(torch.from_numpy(rank))
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.cutoffs:
+            return F.embedding(idx, self.linear.weight)
+        rank = self.rank_of_id[idx]
+        out = torch.empty(*idx.shape, self.asm.in_features, device=idx.device, dtype=self.asm.head.weight.dtype)
+        for c, (lo, hi) in enumerate(zip(self.starts, self.ends)):
+            sel = (rank >= lo) & (rank < hi)
+            if c == 0:
+                out[sel] = self.asm.head.weight[rank[sel]]
+            elif sel.any():
+                down, up = self.asm.tail[c - 1]  # output: h -> down -> up; input: up.weight[r] @ down.weight
+                out[sel] = up.weight[rank[sel] - lo] @ down.weight
+        return out
+
+    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """h [N, d] -> log-probabilities [N, V] over every token id."""
+        lp = self.asm.log_prob(h) if self.cutoffs else F.log_softmax(self.linear(h), -1)
+        return lp[:, self.rank_of_id]
+
+    def target_log_probs(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """h [N, d], target ids [N] -> log p(target) [N], computing only the clusters the targets need."""
+        if not self.cutoffs:
+            return F.log_softmax(self.linear(h), -1).gather(1, target[:, None])[:, 0]
+        return self.asm(h, self.rank_of_id[target]).output
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TinyStoriesConfig):
+        super().__init__()
+        self.context = cfg.context
+        self.output = AdaptiveOutput(cfg)
+        self.position = nn.Embedding(cfg.context, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.blocks))
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx [B, T] -> hidden states [B, T, d]; with a cache, positions continue after the cached tokens."""
+        start = cache.length if cache is not None else 0
+        if start + idx.shape[1] > self.context:
+            raise ValueError(f"{start + idx.shape[1]} tokens exceed the context of {self.context}")
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
+        x = self.drop(self.output.embed(idx) + self.position(pos))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        return self.ln_f(x)
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+
+def _encode_config(cfg: TinyStoriesConfig) -> dict:
+    return asdict(cfg)
+
+
+class TinyStoriesModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="tinystories",
+    tags=["text-generation", "tinystories", "tag-conditioned"],
+    license="mit",
+    coders={TinyStoriesConfig: (_encode_config, TinyStoriesConfig.from_dict)},
+):
+    """A tag-conditioned story model of either arch. `tokenizer` is attached by `load_model`."""
+
+    def __init__(self, config: TinyStoriesConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = TinyStoriesConfig.from_dict(config)
+        self.config = config
+        self.tokenizer = None
+        if config.arch == "seed":
+            self.seed = SeedEncoder(config)
+        else:
+            self.decoder = Decoder(config)
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch
+
+    @property
+    def approach(self) -> int:
+        return self.config.approach
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def target_log_probs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | x) of each scored target. seed: x [B, T], y [B]. decoder: x, y [B, T], IGNORE -> 0."""
+        if self.arch == "seed":
+            return F.log_softmax(self.seed(x).float(), -1).gather(1, y[:, None])[:, 0]
+        h = self.decoder(x)
+        out = torch.zeros(y.shape, device=y.device, dtype=torch.float32)
+        scored = y >= 0
+        out[scored] = self.decoder.output.target_log_probs(h[scored], y[scored]).float()
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy (nats) over the scored targets of a batch."""
+        return -self.target_log_probs(x, y).sum() / (y >= 0).sum().clamp(min=1)
+
+    # --- weights on disk: stored in config.storage_dtype, run in float32
+    def _save_pretrained(self, save_directory) -> None:
+        from safetensors.torch import save_file
+
+        dtype = getattr(torch, self.config.storage_dtype)
+        state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(save_directory / "model.safetensors"), metadata={"format": "pt"})
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
+                         map_location="cpu", strict=True, **model_kwargs):
+        from .hub import resolve_folder, load_weights
+
+        folder = resolve_folder(model_id, revision=revision, cache_dir=cache_dir, token=token,
+                                local_files_only=local_files_only, force_download=force_download)
+        model = cls(**model_kwargs)
+        load_weights(model, folder / "model.safetensors")
+        return model.to(map_location).eval()
+
+
+def summary(cfg: TinyStoriesConfig) -> str:
+    from torchinfo import summary as torchinfo_summary
+
+    model = TinyStoriesModel(cfg)
+    x = torch.full((1, cfg.context), PAD_ID)
+    depth = 3 if cfg.arch == "seed" else 2
+    if cfg.arch == "seed":
+        info = torchinfo_summary(model.seed, input_data=[x], depth=depth, verbose=0)
+    else:
+        info = torchinfo_summary(model.decoder, input_data=[x], depth=depth, verbose=0)
+    return f"{info}\nTotal params: {model.num_params():,}"
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description="Print a torchinfo summary of an architecture.")
+    p.add_argument("--arch", choices=ARCHS, default="seed")
+    p.add_argument("--context", type=int, default=None)
+    args = p.parse_args(argv)
+    cfg = TinyStoriesConfig(arch=args.arch, context=args.context or (50 if args.arch == "seed" else 64))
+    print(summary(cfg))
+
+
+if __name__ == "__main__":
+    main()
