@@ -297,7 +297,7 @@ def windows(story_ids, tags, approach: int, context: int, stride: int | None = N
     room = context - len(prefix)  # body tokens a window holds as input
     if room < 1:
         raise ValueError(f"context {context} is too short for a {len(prefix)}-token tag prefix")
-    stride = stride or default_stride(context)
+    stride = min(stride or default_stride(context), room)  # a longer stride would skip targets
     out, start, scored_to = [], 0, first  # scored_to: body index of the first target not yet scored
     while True:
         end = min(start + room, len(body) - 1)  # body[start:end] is input; body[end] the last target
@@ -357,7 +357,7 @@ class WindowDataset:
         else:
             body = self.data.lengths + 1
             room = self.context - 1 - n_tags
-        stride = self.stride
+        stride = np.minimum(self.stride, room)  # as windows(): never past the room a window holds
         # window k covers body[k*stride : k*stride+room]; the last one reaches body[-1]
         last = body - 1
         return 1 + np.maximum(0, np.ceil((last - room) / stride)).astype(np.int64)

@@ -1,0 +1,364 @@
+"""Gradio app: tag-conditioned children's stories, streamed token by token, the two approaches side by side.
+
+    python app.py                                   # bundled checkpoints, http://127.0.0.1:7860
+    python app.py --approach2 user/repo@main        # weights from the Hugging Face Hub
+    python app.py --help
+
+All model work happens in the `tinystories` package. This file checks what a user (or an API client) sends,
+calls `stream_story`, and lays out the UI. It also runs unchanged as a Hugging Face Space (app_file: app.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+
+from tinystories import (MAX_TOKENS, TAGS, CheckpointError, GenerationError, UnknownTagError, check_settings,
+                         load_model, normalize_tags, stream_story)
+from tinystories.hub import read_card_metrics
+
+log = logging.getLogger("tinystories.app")
+
+ROOT = Path(__file__).resolve().parent
+APPROACHES = (1, 2)
+BUNDLED = {a: ROOT / "checkpoints" / f"approach{a}" for a in APPROACHES}
+ENV_VARS = {a: f"TINYSTORIES_APPROACH{a}" for a in APPROACHES}
+
+# Two stories at a time, shared by the Story and Compare tabs: a story is one sequential token loop that keeps
+# about one core busy, and a free CPU Space has 2 cores, so a third would only slow every story down.
+# Further requests wait in the queue (and see their position) rather than fail.
+CONCURRENCY = 2
+QUEUE_SIZE = 32
+
+# The UI's slider ranges; API calls are held to the same ones.
+RANGES = {"temperature": (0.0, 2.0), "top_p": (0.05, 1.0), "max_tokens": (1, MAX_TOKENS), "eos_bias_after": (0, MAX_TOKENS)}
+DEFAULTS = {"temperature": 1.0, "top_p": 0.9, "max_tokens": MAX_TOKENS, "eos_bias_after": 200, "approach": 2}
+SEED_RANGE = 2**31  # a random seed is drawn below this, so it stays easy to copy
+
+
+def detect_tags(story: str) -> list[str] | None:
+    """HOOK for a tag detector: the tags a finished story shows, or None while the app has no detector.
+
+    Plug the detector in here (return a list of names from TAGS). The app calls it once per finished story
+    and shows its answer as "detected tags" under each story; it should take well under a second on a CPU.
+    """
+    return None
+
+
+# --- checking what a user or an API client sends
+
+def invalid(message: str) -> gr.Error:
+    """A readable error for the UI and for gradio_client (which raises it as AppError), without a traceback."""
+    return gr.Error(message, title="Invalid input", print_exception=False)
+
+
+def check_request(tags, temperature, top_p, max_tokens, eos_bias_after, seed) -> tuple[list[str], dict]:
+    """Canonical tags and validated sampling settings; a blank seed becomes a fresh random one.
+
+    No tag is fine (an untagged story). Raises gr.Error naming the bad value and its allowed range.
+    """
+    given = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, eos_bias_after=eos_bias_after)
+    for name, (lo, hi) in RANGES.items():  # the app's ranges first: they are the ones a user sees
+        try:
+            out_of_range = not lo <= float(given[name]) <= hi  # NaN too
+        except (TypeError, ValueError, OverflowError):
+            continue  # not a number: check_settings says so
+        if out_of_range:
+            raise invalid(f"{name} must be between {lo} and {hi}, got {given[name]!r}")
+    try:
+        tags = normalize_tags(tags)
+        settings = check_settings(temperature, top_p, max_tokens, eos_bias_after, seed)
+    except (UnknownTagError, GenerationError) as e:
+        raise invalid(str(e)) from None
+    if settings["seed"] is None:
+        settings["seed"] = secrets.randbelow(SEED_RANGE)
+    return tags, settings
+
+
+def check_approach(approach) -> int:
+    """1 or 2 (also accepts 1.0 or "2" from loosely typed clients); raises gr.Error otherwise."""
+    try:
+        number = float(approach)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(approach, bool) or number not in APPROACHES:
+        raise invalid(f"approach must be 1 or 2, got {approach!r}")
+    return int(number)
+
+
+def pick_model(models: dict, approach: int):
+    if approach not in models:
+        raise gr.Error(f"Approach {approach} has no model on this server (see the Model tab).", title="Not available",
+                       print_exception=False)
+    return models[approach]
+
+
+# --- streaming stories
+
+def _stream(model, tags: list[str], settings: dict) -> Iterator[str]:
+    """stream_story, with any failure turned into a readable gr.Error (and logged with its traceback)."""
+    try:
+        yield from stream_story(model, tags, **settings)
+    except (UnknownTagError, GenerationError) as e:
+        raise invalid(str(e)) from None
+    except Exception as e:  # a bug or a broken checkpoint: keep the server up, tell the user what happened
+        log.exception("story generation failed")
+        raise gr.Error(f"Story generation failed: {type(e).__name__}: {e}", title="Generation failed",
+                       print_exception=False) from None
+
+
+def story_length(model, story: str) -> tuple[int, int]:
+    """(words, tokens) of a story; tokens as the model's tokenizer counts them."""
+    return len(story.split()), len(model.tokenizer.encode(story)) if story else 0
+
+
+def story_details(model, tags: list[str], story: str, finished: bool) -> str:
+    """Markdown under a story: the tags requested, its length, and (once finished) the detected tags."""
+    words, tokens = story_length(model, story)
+    if not finished:
+        detected = "…"
+    else:
+        found = detect_tags(story)
+        detected = "— (no tag detector yet)" if found is None else ", ".join(found) or "none"
+    return (f"**Tags requested:** {', '.join(tags) or 'none'}  \n"
+            f"**Length:** {words} words, {tokens} tokens  \n"
+            f"**Detected tags:** {detected}")
+
+
+def generate_story(tags, temperature, top_p, max_tokens, eos_bias_after, seed, approach, *,
+                   models: dict) -> Iterator[tuple[str, int, str]]:
+    """Stream one story: yields (story so far, seed used, details markdown), first with an empty story."""
+    tags, settings = check_request(tags, temperature, top_p, max_tokens, eos_bias_after, seed)
+    model = pick_model(models, check_approach(approach))
+    story = ""
+    yield story, settings["seed"], story_details(model, tags, story, False)
+    for story in _stream(model, tags, settings):
+        yield story, settings["seed"], story_details(model, tags, story, False)
+    yield story, settings["seed"], story_details(model, tags, story, True)
+
+
+def compare_stories(tags, temperature, top_p, max_tokens, eos_bias_after, seed, *,
+                    models: dict) -> Iterator[tuple[str, str, int, str, str]]:
+    """Stream both approaches at once, same tags and seed, one token of each in turn.
+
+    Yields (story 1, story 2, seed used, details 1, details 2), first with empty stories.
+    """
+    tags, settings = check_request(tags, temperature, top_p, max_tokens, eos_bias_after, seed)
+    pair = [pick_model(models, a) for a in APPROACHES]
+    streams = [_stream(m, tags, settings) for m in pair]
+    stories, finished = ["", ""], [False, False]
+
+    def state():
+        details = [story_details(m, tags, s, f) for m, s, f in zip(pair, stories, finished)]
+        return stories[0], stories[1], settings["seed"], details[0], details[1]
+
+    yield state()
+    while not all(finished):
+        for i, stream in enumerate(streams):
+            if not finished[i]:
+                try:
+                    stories[i] = next(stream)
+                except StopIteration:
+                    finished[i] = True
+        yield state()
+
+
+# --- loading weights and describing them
+
+def model_sources(approach1: str | None = None, approach2: str | None = None, environ=os.environ) -> dict[int, str]:
+    """Where each approach's weights come from: the CLI option, else its env var, else the bundled folder."""
+    given = {1: approach1, 2: approach2}
+    return {a: given[a] or environ.get(ENV_VARS[a]) or str(BUNDLED[a]) for a in APPROACHES}
+
+
+def _is_bundled(source: str, approach: int) -> bool:
+    return Path(source).expanduser().resolve() == BUNDLED[approach]
+
+
+def load_models(sources: dict[int, str]) -> tuple[dict, dict[int, str]]:
+    """Load each approach's model once: ({approach: model}, {approach: what went wrong, in words}).
+
+    A source that fails (CheckpointError: missing, corrupt, Hub unreachable) falls back to the bundled folder;
+    an approach whose bundled folder fails too is left out, and the app serves the other one.
+    """
+    models, notes = {}, {}
+    for a, source in sources.items():
+        try:
+            models[a] = load_model(source)
+            continue
+        except CheckpointError as e:
+            error = str(e)
+        if _is_bundled(source, a):
+            notes[a] = f"Approach {a} is not available: {error}"
+            log.error(notes[a])
+            continue
+        try:
+            models[a] = load_model(BUNDLED[a])
+            notes[a] = f"Could not load `{source}` ({error}). Fell back to the bundled checkpoints/approach{a}."
+            log.warning("approach %d: %s", a, notes[a])
+        except CheckpointError as e:
+            notes[a] = f"Approach {a} is not available: `{source}` failed ({error}) and so did the bundled folder ({e})."
+            log.error(notes[a])
+    for a, model in models.items():
+        if model.config.approach != a:
+            mismatch = (f"The checkpoint loaded as approach {a} was trained with approach {model.config.approach}; "
+                        f"it generates with approach {model.config.approach}'s windows.")
+            notes[a] = f"{notes[a]} {mismatch}" if a in notes else mismatch
+            log.warning(mismatch)
+    return models, notes
+
+
+def describe_source(model, approach: int) -> str:
+    """Where a model's weights came from, in words: the bundled folder, a local folder, or a Hub repo + revision."""
+    source, folder = str(model.source), Path(model.folder)
+    if Path(source).exists():
+        if _is_bundled(source, approach):
+            return f"bundled folder `checkpoints/approach{approach}`"
+        return f"local folder `{source}`"
+    repo, _, revision = source.partition("@")
+    commit = f", commit `{folder.name[:12]}`" if folder.parent.name == "snapshots" else ""
+    return (f"Hugging Face Hub repo [{repo}](https://huggingface.co/{repo}), "
+            f"revision `{revision or 'main'}`{commit}")
+
+
+def _format_metric(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def model_info(models: dict, notes: dict[int, str] | None = None) -> str:
+    """Markdown for the Model tab: each approach's weights, architecture, size, metrics, and any fallback."""
+    notes = notes or {}
+    parts = []
+    for a in APPROACHES:
+        parts.append(f"### Approach {a}")
+        if a in notes:
+            parts.append(f"**⚠ {notes[a]}**")
+        if a not in models:
+            continue
+        model = models[a]
+        cfg = model.config
+        parts.append(f"**Weights:** {describe_source(model, a)}")
+        parts.append("| arch | approach | parameters | context |\n|---|---|---|---|\n"
+                     f"| {cfg.arch} | {cfg.approach} | {model.num_params():,} | {cfg.context} tokens |")
+        metrics = read_card_metrics(model.folder)
+        if metrics:
+            rows = "\n".join(f"| {k} | {_format_metric(v)} |" for k, v in metrics.items())
+            parts.append(f"**Metrics** (metrics.json)\n\n| metric | value |\n|---|---|\n{rows}")
+        else:
+            parts.append("**Metrics:** none recorded (no metrics.json)")
+    if not notes:
+        parts.append("No fallback: every approach loaded from its requested source.")
+    return "\n\n".join(parts)
+
+
+# --- the UI
+
+def _controls(tab: str):
+    """Tags, sampling sliders and seed: the same controls on the Story and Compare tabs."""
+    tags = gr.CheckboxGroup(list(TAGS), value=[], label="Tags", info="none is fine: an untagged story",
+                            elem_id=f"{tab}-tags")
+    with gr.Row():
+        temperature = gr.Slider(*RANGES["temperature"], value=DEFAULTS["temperature"], step=0.05, label="Temperature")
+        top_p = gr.Slider(*RANGES["top_p"], value=DEFAULTS["top_p"], step=0.05, label="Top-p")
+    with gr.Row():
+        max_tokens = gr.Slider(*RANGES["max_tokens"], value=DEFAULTS["max_tokens"], step=1, label="Max tokens",
+                               elem_id=f"{tab}-max-tokens")
+        eos_bias_after = gr.Slider(*RANGES["eos_bias_after"], value=DEFAULTS["eos_bias_after"], step=1,
+                                   label="EOS-bias start", info="from this token on, ending the story gets likelier")
+    # A placeholder keeps a blank box blank: without one Gradio shows (and sends) 0, and every story gets seed 0.
+    seed = gr.Number(value=None, precision=0, minimum=0, label="Seed", info="blank: a random seed",
+                     placeholder="random", elem_id=f"{tab}-seed")
+    return [tags, temperature, top_p, max_tokens, eos_bias_after, seed]
+
+
+def build_demo(models: dict, notes: dict[int, str] | None = None) -> gr.Blocks:
+    """The app for these loaded models ({approach: model}); `notes` are load problems to show in the Model tab."""
+
+    # The API's parameter names are these functions' parameter names.
+    def generate(tags, temperature, top_p, max_tokens, eos_bias_after, seed=None, approach=DEFAULTS["approach"]):
+        yield from generate_story(tags, temperature, top_p, max_tokens, eos_bias_after, seed, approach, models=models)
+
+    def compare(tags, temperature, top_p, max_tokens, eos_bias_after, seed=None):
+        yield from compare_stories(tags, temperature, top_p, max_tokens, eos_bias_after, seed, models=models)
+
+    # preprocess=False: values reach check_request as sent, so a bad one gets our message naming the setting
+    # and its range (and NaN or a wrong type is caught there too), from the UI and from API clients alike.
+    event = dict(preprocess=False, concurrency_limit=CONCURRENCY, concurrency_id="stories")
+    used_info = "type it into Seed to get this story again"
+
+    with gr.Blocks(title="TinyStories: tag-conditioned stories") as demo:
+        gr.Markdown("# TinyStories\nChildren's stories conditioned on narrative tags, streamed token by token.")
+        with gr.Tab("Story"):
+            controls = _controls("story")
+            approach = gr.Radio([("Approach 1", 1), ("Approach 2", 2)], value=DEFAULTS["approach"], label="Approach",
+                                info="1: tags once at the story start; 2: tags at the start of every window")
+            button = gr.Button("Generate", variant="primary")
+            story = gr.Textbox(label="Story", lines=10, max_lines=30, interactive=False, elem_id="story")
+            seed_used = gr.Number(label="Seed used", info=used_info, precision=0, interactive=False,
+                                  placeholder="—", elem_id="story-seed-used")
+            details = gr.Markdown(label="details", show_label=False, elem_id="story-details")
+            button.click(generate, controls + [approach], [story, seed_used, details], api_name="generate", **event)
+
+        with gr.Tab("Compare"):
+            gr.Markdown("Both approaches at once, from the same tags and seed.")
+            controls = _controls("compare")
+            button = gr.Button("Compare", variant="primary")
+            with gr.Row():
+                with gr.Column():
+                    story1 = gr.Textbox(label="Approach 1", lines=10, max_lines=30, interactive=False, elem_id="story1")
+                    details1 = gr.Markdown(label="details 1", show_label=False, elem_id="details1")
+                with gr.Column():
+                    story2 = gr.Textbox(label="Approach 2", lines=10, max_lines=30, interactive=False, elem_id="story2")
+                    details2 = gr.Markdown(label="details 2", show_label=False, elem_id="details2")
+            seed_used = gr.Number(label="Seed used", info=used_info, precision=0, interactive=False,
+                                  placeholder="—", elem_id="compare-seed-used")
+            button.click(compare, controls, [story1, story2, seed_used, details1, details2], api_name="compare", **event)
+
+        with gr.Tab("Model"):
+            gr.Markdown(model_info(models, notes))
+
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Serve the TinyStories app: tag-conditioned stories from approach 1 and 2, streamed.",
+        epilog="SOURCE is a Hugging Face Hub repo id (user/repo, or user/repo@revision) or a local checkpoint "
+               "folder. A source that cannot be loaded falls back to the bundled folder; the Model tab says so. "
+               "The server also honours Gradio's environment variables (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, ...).")
+    for a in APPROACHES:
+        p.add_argument(f"--approach{a}", metavar="SOURCE", default=None,
+                       help=f"approach {a} weights (default: ${ENV_VARS[a]}, else checkpoints/approach{a})")
+    p.add_argument("--host", default=None,
+                   help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0: all interfaces)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default: $GRADIO_SERVER_PORT, else the first free one from 7860)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models, notes = load_models(model_sources(args.approach1, args.approach2))
+    if not models:
+        print("error: no model could be loaded:\n  " + "\n  ".join(notes.values()), file=sys.stderr)
+        return 2
+    build_demo(models, notes).launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Stories in, windows out: loading local data, and the two tag approaches' exact token layout."""
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import read_rows
+from tinystories import DataError, load_stories, windows
+from tinystories.data import (IGNORE, TokenizedStories, WindowDataset, collate, encode_stories, in_valid_split,
+                              last_token_examples, Story)
+from tinystories.tokenizer import TAGS
+
+# Readable names for the special ids in the literal layouts below.
+PAD, BOS, EOS = 50257, 50258, 50259
+DIALOGUE, TWIST = 50262, 50265
+_ = IGNORE  # a position whose next token is not scored
+
+STORY = [11, 12, 13, 14, 15, 16, 17, 18]  # eight story tokens
+TAGGED = ["Twist", "dialogue"]  # -> [TAG_3] [TAG_6]
+
+
+# ----------------------------------------------------------------------------------------------- windows
+
+
+def test_approach_2_pins_bos_and_tags_at_the_start_of_every_window():
+    got = windows(STORY, TAGGED, approach=2, context=8, stride=3)
+    assert got == [
+        ([BOS, DIALOGUE, TWIST, 11, 12, 13, 14, 15],
+         [_, _, 11, 12, 13, 14, 15, 16]),
+        ([BOS, DIALOGUE, TWIST, 14, 15, 16, 17, 18],
+         [_, _, _, _, _, 17, 18, EOS]),
+    ]
+
+
+def test_approach_1_gives_the_tags_once_and_they_slide_out_of_the_window():
+    got = windows(STORY, TAGGED, approach=1, context=8, stride=3)
+    assert got == [
+        ([BOS, DIALOGUE, TWIST, 11, 12, 13, 14, 15],
+         [_, _, 11, 12, 13, 14, 15, 16]),  # the tags are input, never targets
+        ([11, 12, 13, 14, 15, 16, 17, 18],
+         [_, _, _, _, _, 17, 18, EOS]),
+    ]
+
+
+def test_training_windows_score_every_target_of_every_window():
+    got = windows(STORY, TAGGED, approach=1, context=8, stride=3, score="all")
+    assert [labels for _, labels in got] == [[_, _, 11, 12, 13, 14, 15, 16], [12, 13, 14, 15, 16, 17, 18, EOS]]
+    got = windows(STORY, TAGGED, approach=2, context=8, stride=3, score="all")
+    assert [labels for _, labels in got] == [[_, _, 11, 12, 13, 14, 15, 16], [_, _, 14, 15, 16, 17, 18, EOS]]
+
+
+def test_an_untagged_story_starts_with_bos_alone():
+    assert windows([11, 12], [], approach=2, context=8) == [([BOS, 11, 12], [11, 12, EOS])]
+    assert windows([11, 12], [], approach=1, context=8) == [([BOS, 11, 12], [11, 12, EOS])]
+
+
+def test_seed_examples_one_per_target_left_padded():
+    story = [11, 12, 13, 14, 15]
+    assert last_token_examples(story, TAGGED, approach=2, context=6) == [
+        ([PAD, PAD, PAD, BOS, DIALOGUE, TWIST], 11),
+        ([PAD, PAD, BOS, DIALOGUE, TWIST, 11], 12),
+        ([PAD, BOS, DIALOGUE, TWIST, 11, 12], 13),
+        ([BOS, DIALOGUE, TWIST, 11, 12, 13], 14),
+        ([BOS, DIALOGUE, TWIST, 12, 13, 14], 15),
+        ([BOS, DIALOGUE, TWIST, 13, 14, 15], EOS),
+    ]
+    assert last_token_examples(story, TAGGED, approach=1, context=4) == [
+        ([PAD, BOS, DIALOGUE, TWIST], 11),
+        ([BOS, DIALOGUE, TWIST, 11], 12),
+        ([DIALOGUE, TWIST, 11, 12], 13),
+        ([TWIST, 11, 12, 13], 14),
+        ([11, 12, 13, 14], 15),
+        ([12, 13, 14, 15], EOS),
+    ]
+
+
+CASES = [(n, tags, context, stride) for n in (0, 1, 5, 23, 64) for tags in ([], ["Conflict"], list(TAGS))
+         for context in (8, 13, 32) for stride in (None, 1, 4)]
+
+
+@pytest.mark.parametrize("approach", [1, 2])
+def test_every_target_is_scored_exactly_once(approach):
+    for n, tags, context, stride in CASES:
+        story = list(range(100, 100 + n))
+        if approach == 2 and context - 1 - len(tags) < 1:
+            continue
+        got = windows(story, tags, approach, context, stride, score="new")
+        scored = [y for _, labels in got for y in labels if y != IGNORE]
+        assert scored == story + [EOS], (n, tags, context, stride)
+        for inputs, labels in got:
+            assert len(inputs) == len(labels) <= context
+            # a label is the next input token: windows are a real sequence, not shuffled pieces
+            assert all(y == IGNORE or y == nxt for y, nxt in zip(labels, inputs[1:]))
+            if approach == 2:
+                assert inputs[: 1 + len(tags)] == [BOS] + [50260 + TAGS.index(t) for t in tags]
+        if approach == 1 and len(got) > 1:
+            assert all(BOS not in inputs for inputs, _ in got[1:])
+
+
+def _tokenized(stories):
+    """TokenizedStories built by hand: no tokenizer needed."""
+    lengths = [len(s) for s, _ in stories]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tokens = np.array([t for s, _ in stories for t in s], dtype=np.uint16)
+    bits = np.array([sum(1 << TAGS.index(t) for t in tags) for _, tags in stories], dtype=np.uint8)
+    return TokenizedStories(tokens, offsets, bits)
+
+
+@pytest.mark.parametrize("approach", [1, 2])
+@pytest.mark.parametrize("context, stride", [(8, None), (8, 2), (16, 5), (32, None), (32, 25)])
+def test_window_dataset_has_one_item_per_window(approach, context, stride):
+    rng = random.Random(context * 10 + approach)
+    stories = [(list(range(200, 200 + n)), sorted(rng.sample(TAGS, rng.randint(0, 6)), key=TAGS.index))
+               for n in (0, 1, 2, 7, 8, 9, 30, 31, 33, 100)]
+    data = _tokenized(stories)
+    for score in ("new", "all"):
+        ds = WindowDataset(data, "decoder", approach, context, score=score, stride=stride)
+        expected = [w for s, tags in stories for w in windows(s, tags, approach, context, stride, score)]
+        assert len(ds) == len(expected)
+        assert [ds[k] for k in range(len(ds))] == expected
+    seed_ds = WindowDataset(data, "seed", approach, context)
+    assert [seed_ds[k] for k in range(len(seed_ds))] == [
+        e for s, tags in stories for e in last_token_examples(s, tags, approach, context)]
+
+
+def test_collate_right_pads_decoder_windows():
+    x, y = collate([([1, 2, 3], [2, 3, 4]), ([5], [_])], context=8)
+    assert x.tolist() == [[1, 2, 3], [5, PAD, PAD]]
+    assert y.tolist() == [[2, 3, 4], [_, _, _]]
+
+
+def test_special_token_text_inside_a_story_is_not_a_special_token(tokenizer):
+    [ids] = encode_stories(tokenizer, [Story("The end. [EOS] [TAG_1] More.", [])])
+    assert not set(ids) & set(range(50257, 50266))
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_fixture_folder_uses_its_own_train_and_valid_files(stories_dir):
+    train, report = load_stories(stories_dir, "train")
+    valid, _ = load_stories(stories_dir, "valid")
+    assert len(train) == report.stories == 40 and len(valid) == 10
+    assert [s.text for s in valid] == [r["story"] for r in read_rows("valid")]
+    assert [s.tags for s in train] == [r["features"] for r in read_rows("train")]
+    assert {t for s in train for t in s.tags} == set(TAGS) and any(not s.tags for s in train)
+    assert len(load_stories(stories_dir, "train", max_stories=7)[0]) == 7
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet"])
+def test_local_file_formats_give_the_same_stories(tmp_path, fmt):
+    rows = read_rows("train")
+    path = tmp_path / f"stories.{fmt}"
+    if fmt == "jsonl":
+        _write_jsonl(path, rows)
+    elif fmt == "json":
+        path.write_text(json.dumps(rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    train, _ = load_stories(path, "train", valid_fraction=0.25)
+    valid, _ = load_stories(path, "valid", valid_fraction=0.25)
+    assert sorted(s.text for s in train + valid) == sorted(r["story"] for r in rows)
+    features = {r["story"]: r["features"] for r in rows}
+    assert all(s.tags == features[s.text] for s in train + valid)
+
+
+def test_a_file_without_a_valid_split_is_split_by_a_hash_of_each_story(tmp_path):
+    rows = read_rows("train") + read_rows("valid")
+    a = _write_jsonl(tmp_path / "a.jsonl", rows)
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    b = _write_jsonl(tmp_path / "b.jsonl", shuffled)
+    train = {s.text for s in load_stories(a, "train", valid_fraction=0.3)[0]}
+    valid = {s.text for s in load_stories(a, "valid", valid_fraction=0.3)[0]}
+    assert train and valid and not train & valid and train | valid == {r["story"] for r in rows}
+    assert valid == {r["story"] for r in rows if in_valid_split(r["story"], 0.3)}
+    # the same split whatever the row order: a story never moves between train and valid
+    assert {s.text for s in load_stories(b, "valid", valid_fraction=0.3)[0]} == valid
+
+
+def test_a_folder_without_split_names_is_hash_split_too(tmp_path):
+    rows = read_rows("train")
+    _write_jsonl(tmp_path / "part-0.jsonl", rows[:20])
+    _write_jsonl(tmp_path / "part-1.jsonl", rows[20:])
+    train, _ = load_stories(tmp_path, "train", valid_fraction=0.3)
+    valid, _ = load_stories(tmp_path, "valid", valid_fraction=0.3)
+    assert len(train) + len(valid) == 40 and valid
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    good = {"story": "Tim ran.", "features": ["Dialogue"], "words": [], "id": 1}
+    path = _write_jsonl(tmp_path / "train.jsonl", [
+        good,
+        '{"story": "cut off',  # malformed JSON line
+        {"features": ["Twist"]},  # no story
+        {"story": "   ", "features": []},  # empty story
+        {"story": None},
+        {"story": "Sue sang.", "features": "Twist"},  # features not a list
+        "[1, 2]",  # not an object
+        "",  # blank lines are not rows
+        {"story": "  Max hid.  ", "features": None},  # no features: an untagged story
+    ])
+    stories, report = load_stories(path.parent, "train")
+    assert [(s.text, s.tags) for s in stories] == [("Tim ran.", ["Dialogue"]), ("Max hid.", [])]
+    assert report.stories == 2
+    assert dict(report.skipped) == {"malformed JSON": 1, "missing or empty story": 3, "features not a list": 1,
+                                    "not an object": 1}
+    assert "skipped rows" in str(report) and "malformed JSON" in str(report)
+
+
+def test_unknown_features_are_dropped_and_counted(tmp_path):
+    path = _write_jsonl(tmp_path / "train.jsonl", [
+        {"story": "A.", "features": ["Dialogue", "Happy", "twist"]},
+        {"story": "B.", "features": ["Happy", "Rhyme"]},
+    ])
+    stories, report = load_stories(path.parent, "train")
+    assert [s.tags for s in stories] == [["Dialogue", "Twist"], []]
+    assert dict(report.dropped_features) == {"Happy": 2, "Rhyme": 1}
+    assert "Happy" in str(report)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", '{"story": ""}\nnot json\n'])
+def test_a_file_without_usable_stories_is_a_data_error(tmp_path, content):
+    path = tmp_path / "train.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match="no usable stories"):
+        load_stories(path.parent, "train")
+
+
+def test_a_missing_path_is_a_data_error(tmp_path):
+    missing = tmp_path / "nowhere" / "stories.jsonl"
+    with pytest.raises(DataError, match="does not exist") as e:
+        load_stories(missing)
+    assert str(missing) in str(e.value)
+
+
+def test_a_folder_without_the_requested_split_or_data_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no .jsonl/.json/.parquet files"):
+        load_stories(tmp_path)
+    _write_jsonl(tmp_path / "train.jsonl", read_rows("train")[:2])
+    with pytest.raises(DataError, match="no valid file"):
+        load_stories(tmp_path, "valid")
+
+
+def test_split_names_other_than_train_and_valid_are_refused(stories_dir):
+    with pytest.raises(ValueError, match="split must be"):
+        load_stories(stories_dir, "dev")

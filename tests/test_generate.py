@@ -1,0 +1,178 @@
+"""Story generation: reproducible with a seed, bounded, stops at [EOS], streams, and reads the context exactly
+as evaluation does."""
+import io
+import math
+
+import pytest
+import torch
+
+import tinystories.generate as gen
+from tinystories import GenerationError, UnknownTagError, check_settings, generate, generate_text, stream_story
+from tinystories.tokenizer import EOS_ID, GPT2_VOCAB_SIZE
+
+
+@pytest.fixture
+def sampled(monkeypatch):
+    """Records every token the sampler picks, and the log-probabilities the model gave at that step."""
+    tokens, log_probs = [], []
+    real_sample, real_next = gen.sample_token, gen._Reader.next_log_probs
+
+    def sample_token(logits, *args, **kwargs):
+        tokens.append(real_sample(logits, *args, **kwargs))
+        return tokens[-1]
+
+    def next_log_probs(self):
+        log_probs.append(real_next(self))
+        return log_probs[-1]
+
+    monkeypatch.setattr(gen, "sample_token", sample_token)
+    monkeypatch.setattr(gen._Reader, "next_log_probs", next_log_probs)
+    return tokens, log_probs
+
+
+def test_the_same_seed_gives_the_same_story(approach2_model):
+    a = generate(approach2_model, ["Dialogue", "Twist"], seed=3, max_tokens=40)
+    b = generate(approach2_model, ["dialogue", "twist"], seed=3, max_tokens=40)
+    assert a == b and a
+
+
+def test_different_seeds_give_different_stories(approach2_model):
+    stories = {generate(approach2_model, ["Dialogue"], seed=s, max_tokens=30) for s in range(4)}
+    assert len(stories) >= 3
+
+
+def test_the_seed_arch_generates_reproducibly_too(seed_model):
+    a = generate(seed_model, ["Twist"], seed=5, max_tokens=12)
+    assert a == generate(seed_model, ["Twist"], seed=5, max_tokens=12) and a
+
+
+def test_a_story_has_at_most_max_tokens_tokens(approach1_model, sampled):
+    tokens, _ = sampled
+    story = generate(approach1_model, ["Conflict"], seed=0, max_tokens=7, eos_bias_after=350)
+    assert len(tokens) <= 7
+    story_tokens = [t for t in tokens if t != EOS_ID]
+    assert story == approach1_model.tokenizer.decode(story_tokens).strip()
+    assert all(t < GPT2_VOCAB_SIZE for t in story_tokens)  # never [PAD], [BOS] or a tag inside a story
+
+
+def test_generation_stops_at_eos(approach2_model, sampled, monkeypatch):
+    tokens, _ = sampled
+    monkeypatch.setattr(gen, "EOS_BIAS_STEP", 1e4)  # from the 5th token on, [EOS] wins
+    story = generate(approach2_model, ["Twist"], seed=0, max_tokens=50, eos_bias_after=5)
+    assert len(tokens) == 6 and tokens[-1] == EOS_ID and EOS_ID not in tokens[:-1]
+    assert story == approach2_model.tokenizer.decode(tokens[:5]).strip()
+
+
+def test_an_eos_bias_from_the_first_token_gives_an_empty_story(approach2_model, monkeypatch):
+    monkeypatch.setattr(gen, "EOS_BIAS_STEP", 1e4)
+    assert list(stream_story(approach2_model, [], seed=0, eos_bias_after=0)) == []
+    assert generate(approach2_model, [], seed=0, eos_bias_after=0) == ""
+
+
+def test_the_eos_bias_grows_from_eos_bias_after(approach2_model, sampled, monkeypatch):
+    tokens, log_probs = sampled
+    seen = []
+    real = gen.sample_token  # the recording sampler from the fixture
+
+    def sample_token(logits, *args, **kwargs):
+        n = len(seen)
+        seen.append(float(logits[EOS_ID] - log_probs[n][EOS_ID]))  # the bias added to [EOS]
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "sample_token", sample_token)
+    generate(approach2_model, [], seed=1, max_tokens=6, eos_bias_after=3, temperature=0)
+    assert seen == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3][: len(seen)], abs=1e-5)
+
+
+def test_streaming_yields_growing_prefixes_of_the_story(approach2_model):
+    parts = list(stream_story(approach2_model, ["MoralValue"], seed=2, max_tokens=25))
+    assert len(parts) >= 5
+    assert all(b.startswith(a) for a, b in zip(parts, parts[1:]))
+    assert parts[-1] == generate(approach2_model, ["MoralValue"], seed=2, max_tokens=25)
+
+
+@pytest.mark.parametrize("approach", [1, 2])
+def test_generation_reads_the_context_exactly_as_evaluation_does(request, reference_log_probs, sampled, approach):
+    """Past the 32-token context the window slides (approach 1) or keeps the tags pinned (approach 2):
+    the model's log-probabilities during generation equal those of scoring the finished story."""
+    model = request.getfixturevalue(f"approach{approach}_model")
+    tokens, log_probs = sampled
+    tags = ["BadEnding", "Foreshadowing"]
+    generate(model, tags, seed=4, max_tokens=60, eos_bias_after=350, top_p=1.0)
+    story = [t for t in tokens if t != EOS_ID]
+    assert len(story) > model.config.context  # the window had to move
+    expected = reference_log_probs(model, story, tags)[: len(story)]
+    got = [float(lp[t]) for lp, t in zip(log_probs, story)]
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_seed_arch_generation_reads_the_context_as_evaluation_does(seed_model, reference_log_probs, sampled):
+    tokens, log_probs = sampled
+    generate(seed_model, ["Dialogue"], seed=4, max_tokens=24, eos_bias_after=350, top_p=1.0)
+    story = [t for t in tokens if t != EOS_ID]
+    expected = reference_log_probs(seed_model, story, ["Dialogue"])[: len(story)]
+    assert [float(lp[t]) for lp, t in zip(log_probs, story)] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("temperature", -1, "temperature must be between 0.0 and 5.0, got -1"),
+    ("temperature", float("nan"), "temperature must be between"),
+    ("top_p", 2, "top_p must be between 0.0 and 1.0, got 2"),
+    ("max_tokens", 0, "max_tokens must be between 1 and 350, got 0"),
+    ("max_tokens", 1000, "max_tokens must be between 1 and 350, got 1000"),
+    ("max_tokens", 2.5, "max_tokens must be an integer"),
+    ("max_tokens", float("nan"), "max_tokens must be an integer"),
+    ("top_p", "lots", "top_p must be a number"),
+    ("eos_bias_after", -3, "eos_bias_after must be between 0 and 350"),
+    ("seed", -1, "seed must be between"),
+])
+def test_bad_settings_raise_a_readable_generation_error(approach2_model, setting, value, message):
+    with pytest.raises(GenerationError) as e:
+        check_settings(**{setting: value})
+    assert message in str(e.value)
+    with pytest.raises(GenerationError, match=setting):
+        generate(approach2_model, ["Twist"], **{setting: value})
+    with pytest.raises(GenerationError, match=setting):
+        next(stream_story(approach2_model, ["Twist"], **{setting: value}))
+
+
+def test_settings_are_coerced_to_numbers():
+    s = check_settings(temperature="0.7", top_p=1, max_tokens="20", seed="7")
+    assert s == dict(temperature=0.7, top_p=1.0, max_tokens=20, eos_bias_after=200, seed=7)
+    assert isinstance(s["max_tokens"], int) and not math.isnan(s["temperature"])
+
+
+def test_an_unknown_tag_is_refused(approach2_model):
+    with pytest.raises(UnknownTagError, match="choose from: BadEnding, Conflict, Dialogue"):
+        generate(approach2_model, ["Spooky"])
+
+
+def test_the_seeds_usage_prints_the_tags_then_the_story(approach2_model, capsys):
+    story = generate_text(approach2_model, tags=["MoralValue", "Twist"], seed=0, max_tokens=20)
+    out = capsys.readouterr().out
+    assert out == f"Generating story with ['MoralValue', 'Twist']\n{story}\n"
+    assert story == generate(approach2_model, ["MoralValue", "Twist"], seed=0, max_tokens=20) and story
+
+
+def test_generate_text_writes_to_a_file_and_canonicalises_tags(approach2_model):
+    f = io.StringIO()
+    story = generate_text(approach2_model, tags="twist,moralvalue", file=f, seed=0, max_tokens=20)
+    assert f.getvalue() == f"Generating story with ['MoralValue', 'Twist']\n{story}\n"
+
+
+def test_cli_prints_a_story(run_module, approach2_dir):
+    result = run_module("tinystories.generate", "--model", approach2_dir, "--tags", "Dialogue,Twist", "--seed", 1,
+                        "--max-tokens", 20)
+    assert result.returncode == 0, result.stderr
+    first, story = result.stdout.split("\n", 1)
+    assert first == "Generating story with ['Dialogue', 'Twist']"
+    assert story.strip()
+
+
+def test_cli_refuses_an_unknown_tag_without_a_traceback(run_module, approach2_dir):
+    result = run_module("tinystories.generate", "--model", approach2_dir, "--tags", "Nope")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "'Nope'" in result.stderr
+    assert "BadEnding, Conflict, Dialogue, Foreshadowing, MoralValue, Twist" in result.stderr
+    assert result.stdout == ""
