@@ -73,6 +73,8 @@ def check_request(tags, temperature, top_p, max_tokens, eos_bias_after, seed) ->
             continue  # not a number: check_settings says so
         if out_of_range:
             raise invalid(f"{name} must be between {lo} and {hi}, got {given[name]!r}")
+    if isinstance(seed, str):
+        seed = seed.strip()  # the Seed box sends text; blank means random
     try:
         tags = normalize_tags(tags)
         settings = check_settings(temperature, top_p, max_tokens, eos_bias_after, seed)
@@ -126,8 +128,12 @@ def story_details(model, tags: list[str], story: str, finished: bool) -> str:
     if not finished:
         detected = "…"
     else:
-        found = detect_tags(story)
-        detected = "— (no tag detector yet)" if found is None else ", ".join(found) or "none"
+        try:
+            found = detect_tags(story)
+            detected = "— (no tag detector yet)" if found is None else ", ".join(found) or "none"
+        except Exception:  # a broken detector must not lose the story
+            log.exception("tag detector failed")
+            detected = "— (the tag detector failed; see the server log)"
     return (f"**Tags requested:** {', '.join(tags) or 'none'}  \n"
             f"**Length:** {words} words, {tokens} tokens  \n"
             f"**Detected tags:** {detected}")
@@ -155,20 +161,18 @@ def compare_stories(tags, temperature, top_p, max_tokens, eos_bias_after, seed, 
     pair = [pick_model(models, a) for a in APPROACHES]
     streams = [_stream(m, tags, settings) for m in pair]
     stories, finished = ["", ""], [False, False]
-
-    def state():
-        details = [story_details(m, tags, s, f) for m, s, f in zip(pair, stories, finished)]
-        return stories[0], stories[1], settings["seed"], details[0], details[1]
-
-    yield state()
+    details = [story_details(m, tags, "", False) for m in pair]
+    yield stories[0], stories[1], settings["seed"], details[0], details[1]
     while not all(finished):
         for i, stream in enumerate(streams):
-            if not finished[i]:
-                try:
-                    stories[i] = next(stream)
-                except StopIteration:
-                    finished[i] = True
-        yield state()
+            if finished[i]:
+                continue
+            try:
+                stories[i] = next(stream)
+            except StopIteration:
+                finished[i] = True
+            details[i] = story_details(pair[i], tags, stories[i], finished[i])  # detects tags once, at the end
+        yield stories[0], stories[1], settings["seed"], details[0], details[1]
 
 
 # --- loading weights and describing them
@@ -277,9 +281,9 @@ def _controls(tab: str):
                                elem_id=f"{tab}-max-tokens")
         eos_bias_after = gr.Slider(*RANGES["eos_bias_after"], value=DEFAULTS["eos_bias_after"], step=1,
                                    label="EOS-bias start", info="from this token on, ending the story gets likelier")
-    # A placeholder keeps a blank box blank: without one Gradio shows (and sends) 0, and every story gets seed 0.
-    seed = gr.Number(value=None, precision=0, minimum=0, label="Seed", info="blank: a random seed",
-                     placeholder="random", elem_id=f"{tab}-seed")
+    # A Textbox, not a Number: Gradio's Number box turns blank into 0, and every story would get seed 0.
+    seed = gr.Textbox(value="", label="Seed", info="an integer; blank: a random seed", placeholder="random",
+                      elem_id=f"{tab}-seed")
     return [tags, temperature, top_p, max_tokens, eos_bias_after, seed]
 
 
@@ -306,8 +310,7 @@ def build_demo(models: dict, notes: dict[int, str] | None = None) -> gr.Blocks:
                                 info="1: tags once at the story start; 2: tags at the start of every window")
             button = gr.Button("Generate", variant="primary")
             story = gr.Textbox(label="Story", lines=10, max_lines=30, interactive=False, elem_id="story")
-            seed_used = gr.Number(label="Seed used", info=used_info, precision=0, interactive=False,
-                                  placeholder="—", elem_id="story-seed-used")
+            seed_used = gr.Textbox(label="Seed used", info=used_info, interactive=False, elem_id="story-seed-used")
             details = gr.Markdown(label="details", show_label=False, elem_id="story-details")
             button.click(generate, controls + [approach], [story, seed_used, details], api_name="generate", **event)
 
@@ -322,8 +325,7 @@ def build_demo(models: dict, notes: dict[int, str] | None = None) -> gr.Blocks:
                 with gr.Column():
                     story2 = gr.Textbox(label="Approach 2", lines=10, max_lines=30, interactive=False, elem_id="story2")
                     details2 = gr.Markdown(label="details 2", show_label=False, elem_id="details2")
-            seed_used = gr.Number(label="Seed used", info=used_info, precision=0, interactive=False,
-                                  placeholder="—", elem_id="compare-seed-used")
+            seed_used = gr.Textbox(label="Seed used", info=used_info, interactive=False, elem_id="compare-seed-used")
             button.click(compare, controls, [story1, story2, seed_used, details1, details2], api_name="compare", **event)
 
         with gr.Tab("Model"):

@@ -84,6 +84,13 @@ def textbox_filled(page, elem_id: str) -> None:
                            timeout=STORY_TIMEOUT_MS)
 
 
+def finished(page, *elem_ids: str) -> None:
+    """Wait until every story is finished: its detected-tags line no longer shows "…"."""
+    page.wait_for_function("ids => ids.map(id => document.getElementById(id)?.innerText || '')"
+                           ".every(text => text.includes('Detected tags:') && !text.includes('…'))",
+                           arg=list(elem_ids), timeout=STORY_TIMEOUT_MS)
+
+
 def set_number(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -97,7 +104,7 @@ def test_tick_two_tags_generate_and_watch_the_story_appear(page, tmp_path):
     set_number(page, "story-max-tokens", 40)
     page.get_by_role("button", name="Generate").click()
     textbox_filled(page, "story")
-    page.wait_for_function("() => document.querySelector('#story-seed-used input')?.value !== ''",
+    page.wait_for_function("() => document.querySelector('#story-seed-used textarea')?.value.length > 0",
                            timeout=STORY_TIMEOUT_MS)
     page.get_by_text("Tags requested: Dialogue, Twist").wait_for(timeout=STORY_TIMEOUT_MS)
     page.screenshot(path=tmp_path / "story.png", full_page=True)
@@ -106,15 +113,17 @@ def test_tick_two_tags_generate_and_watch_the_story_appear(page, tmp_path):
 
 
 def test_a_blank_seed_box_means_a_fresh_random_seed_each_time(page):
-    assert page.locator("#story-seed input").input_value() == ""
+    assert page.locator("#story-seed textarea").input_value() == ""
     set_number(page, "story-max-tokens", 3)
     seeds = []
     for _ in range(2):
         page.get_by_role("button", name="Generate").click()
-        page.wait_for_function("seen => !['', ...seen].includes(document.querySelector('#story-seed-used input')"
+        page.wait_for_function("seen => !['', ...seen].includes(document.querySelector('#story-seed-used textarea')"
                                "?.value)", arg=seeds, timeout=STORY_TIMEOUT_MS)
-        seeds.append(page.locator("#story-seed-used input").input_value())
-    assert len(set(seeds)) == 2 and page.locator("#story-seed input").input_value() == ""
+        seeds.append(page.locator("#story-seed-used textarea").input_value())
+        finished(page, "story-details")  # a click while a story streams is ignored
+    assert len(set(seeds)) == 2 and all(seed.isdigit() for seed in seeds)
+    assert page.locator("#story-seed textarea").input_value() == ""  # still blank: the next story is random too
 
 
 def test_compare_shows_both_approaches_side_by_side(page, tmp_path):
@@ -122,15 +131,12 @@ def test_compare_shows_both_approaches_side_by_side(page, tmp_path):
     tags = page.locator("#compare-tags")
     tags.get_by_label("Dialogue").check()
     tags.get_by_label("MoralValue").check()
-    set_number(page, "compare-max-tokens", 120)
-    set_number(page, "compare-seed", 42)
+    set_number(page, "compare-max-tokens", 150 if os.environ.get("APP_SCREENSHOT") else 40)
+    page.locator("#compare-seed textarea").fill("42")
     page.get_by_role("button", name="Compare").click()
     textbox_filled(page, "story1")
     textbox_filled(page, "story2")
-    # finished: the detected-tags line replaces "…" under both stories
-    page.wait_for_function("() => ['details1', 'details2'].map(id => document.getElementById(id)?.innerText || '')"
-                           ".every(text => text.includes('Detected tags:') && !text.includes('…'))",
-                           timeout=STORY_TIMEOUT_MS)
+    finished(page, "details1", "details2")
     first, second = (page.locator(f"#{i} textarea").input_value() for i in ("story1", "story2"))
     assert first and second and first != second
     page.screenshot(path=tmp_path / "compare.png", full_page=True)
