@@ -307,6 +307,10 @@ def windows(story_ids, tags, approach: int, context: int, stride: int | None = N
         labels = [IGNORE] * len(targets)
         for j in positions:
             body_index = j + 1 - len(prefix) + start
+            if prefix and body_index == start > 0:
+                # [BOS] tags -> a mid-story token: never a target, or the model would learn that a story may
+                # begin anywhere (generation starts from [BOS] tags alone, at the story's first token).
+                continue
             if body_index >= first and (score == "all" or body_index >= scored_to):
                 labels[j] = targets[j]
         out.append((seq[:-1], labels))
