@@ -1,14 +1,22 @@
 """Story generation: reproducible with a seed, bounded, stops at [EOS], streams, and reads the context exactly
 as evaluation does."""
+import contextlib
+import importlib
 import io
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
 
-import tinystories.generate as gen
-from tinystories import GenerationError, UnknownTagError, check_settings, generate, generate_text, stream_story
+from tinystories import GenerationError, UnknownTagError, check_settings, generate_text, stream_story
+from tinystories.generate import generate
 from tinystories.tokenizer import EOS_ID, GPT2_VOCAB_SIZE
+
+ROOT = Path(__file__).resolve().parent.parent
+gen = importlib.import_module("tinystories.generate")  # the module (the package also exports a function `generate`)
 
 
 @pytest.fixture
@@ -46,13 +54,13 @@ def test_the_seed_arch_generates_reproducibly_too(seed_model):
     assert a == generate(seed_model, ["Twist"], seed=5, max_tokens=12) and a
 
 
-def test_a_story_has_at_most_max_tokens_tokens(approach1_model, sampled):
+def test_a_story_has_at_most_max_tokens_tokens(approach1_model, sampled, monkeypatch):
     tokens, _ = sampled
-    story = generate(approach1_model, ["Conflict"], seed=0, max_tokens=7, eos_bias_after=350)
-    assert len(tokens) <= 7
-    story_tokens = [t for t in tokens if t != EOS_ID]
-    assert story == approach1_model.tokenizer.decode(story_tokens).strip()
-    assert all(t < GPT2_VOCAB_SIZE for t in story_tokens)  # never [PAD], [BOS] or a tag inside a story
+    monkeypatch.setattr(gen, "EOS_BIAS_STEP", -1e4)  # no [EOS]: only max_tokens can end the story
+    story = generate(approach1_model, ["Conflict"], seed=0, max_tokens=7, eos_bias_after=0)
+    assert len(tokens) == 7
+    assert story == approach1_model.tokenizer.decode(tokens).strip()
+    assert all(t < GPT2_VOCAB_SIZE for t in tokens)  # never [PAD], [BOS] or a tag inside a story
 
 
 def test_generation_stops_at_eos(approach2_model, sampled, monkeypatch):
@@ -81,7 +89,8 @@ def test_the_eos_bias_grows_from_eos_bias_after(approach2_model, sampled, monkey
 
     monkeypatch.setattr(gen, "sample_token", sample_token)
     generate(approach2_model, [], seed=1, max_tokens=6, eos_bias_after=3, temperature=0)
-    assert seen == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3][: len(seen)], abs=1e-5)
+    assert len(seen) == 6
+    assert seen == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3], abs=1e-5)
 
 
 def test_streaming_yields_growing_prefixes_of_the_story(approach2_model):
@@ -92,15 +101,17 @@ def test_streaming_yields_growing_prefixes_of_the_story(approach2_model):
 
 
 @pytest.mark.parametrize("approach", [1, 2])
-def test_generation_reads_the_context_exactly_as_evaluation_does(request, reference_log_probs, sampled, approach):
+def test_generation_reads_the_context_exactly_as_evaluation_does(request, reference_log_probs, sampled, approach,
+                                                                monkeypatch):
     """Past the 32-token context the window slides (approach 1) or keeps the tags pinned (approach 2):
     the model's log-probabilities during generation equal those of scoring the finished story."""
     model = request.getfixturevalue(f"approach{approach}_model")
     tokens, log_probs = sampled
+    monkeypatch.setattr(gen, "EOS_BIAS_STEP", -1e4)  # never stop early: the story must outgrow the window
     tags = ["BadEnding", "Foreshadowing"]
-    generate(model, tags, seed=4, max_tokens=60, eos_bias_after=350, top_p=1.0)
+    generate(model, tags, seed=4, max_tokens=60, eos_bias_after=0, top_p=1.0)
     story = [t for t in tokens if t != EOS_ID]
-    assert len(story) > model.config.context  # the window had to move
+    assert len(story) == 60 > model.config.context  # the window had to move
     expected = reference_log_probs(model, story, tags)[: len(story)]
     got = [float(lp[t]) for lp, t in zip(log_probs, story)]
     assert got == pytest.approx(expected, abs=1e-4)
@@ -147,11 +158,24 @@ def test_an_unknown_tag_is_refused(approach2_model):
         generate(approach2_model, ["Spooky"])
 
 
-def test_the_seeds_usage_prints_the_tags_then_the_story(approach2_model, capsys):
-    story = generate_text(approach2_model, tags=["MoralValue", "Twist"], seed=0, max_tokens=20)
-    out = capsys.readouterr().out
-    assert out == f"Generating story with ['MoralValue', 'Twist']\n{story}\n"
-    assert story == generate(approach2_model, ["MoralValue", "Twist"], seed=0, max_tokens=20) and story
+def test_the_seeds_usage_prints_the_tags_then_the_story(approach2_model, approach2_dir):
+    code = ("from tinystories import generate_text, load_model\n"
+            f"model = load_model({str(approach2_dir)!r})\n"
+            "generate_text(model, tags=['MoralValue', 'Twist'], seed=0, max_tokens=20)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    story = generate(approach2_model, ["MoralValue", "Twist"], seed=0, max_tokens=20)
+    assert story and result.stdout == f"Generating story with ['MoralValue', 'Twist']\n{story}\n"
+
+
+@pytest.mark.xfail(strict=True, reason="generate_text's default file=sys.stdout is bound when tinystories.generate is "
+                   "imported, so redirect_stdout (and pytest's capsys) cannot capture the story (see the report)")
+def test_generate_text_prints_to_the_current_stdout(approach2_model):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        story = generate_text(approach2_model, tags=["Twist"], seed=0, max_tokens=5)
+    assert buf.getvalue() == f"Generating story with ['Twist']\n{story}\n"
 
 
 def test_generate_text_writes_to_a_file_and_canonicalises_tags(approach2_model):
@@ -176,3 +200,15 @@ def test_cli_refuses_an_unknown_tag_without_a_traceback(run_module, approach2_di
     assert "'Nope'" in result.stderr
     assert "BadEnding, Conflict, Dialogue, Foreshadowing, MoralValue, Twist" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.xfail(strict=True, reason="tinystories/__init__.py exports a function `generate` named like the submodule "
+                   "tinystories.generate; once the submodule is imported, `from tinystories import generate` is the "
+                   "module (see the report)")
+def test_the_package_exports_the_generate_function_whatever_was_imported_first():
+    code = ("from tinystories.generate import stream_story\n"
+            "from tinystories import generate\n"
+            "assert callable(generate), generate")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-500:]
