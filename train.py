@@ -11,6 +11,7 @@ atomically every --save-every steps and after each epoch; --resume continues fro
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -123,6 +124,15 @@ def lr_at(step: int, args, total_steps: int, elapsed: float = 0.0) -> float:
         progress = max(progress, elapsed / (args.max_minutes * 60))
     progress = min(1.0, progress)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine down to 10%
+
+
+def weights_sha256(model) -> str:
+    """A fingerprint of the weights, every tensor of the state dict in order: equal on every DDP rank."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def model_card(args, config: TinyStoriesConfig, metrics: dict, reports: list[str]) -> str:
@@ -241,8 +251,12 @@ def main(argv=None) -> int:
     say(train_report)
     say(valid_report)
     cache = Path(os.environ.get("TINYSTORIES_CACHE", Path.home() / ".cache" / "tinystories"))
+    if world > 1 and not main_process:
+        torch.distributed.barrier()  # rank 0 tokenizes and writes the cache; then the others read it
     train_data = tokenize_cached(tokenizer, train_stories, cache)
     valid_data = tokenize_cached(tokenizer, valid_stories, cache)
+    if world > 1 and main_process:
+        torch.distributed.barrier()
     if args.eval_stories:
         idx = min(args.eval_stories, len(valid_data))
         from tinystories.data import TokenizedStories
@@ -263,7 +277,7 @@ def main(argv=None) -> int:
     # about once an epoch; evaluation and generation use the half-window stride (see data.windows).
     dataset = WindowDataset(train_data, config.arch, config.approach, config.context, score="all",
                             stride=config.context - 1 - len(TAGS))
-    batches_per_epoch = math.ceil(len(dataset) / world / args.batch_size)
+    batches_per_epoch = math.ceil(len(dataset) // world / args.batch_size)  # the same on every rank (see perm)
     total_steps = math.ceil(batches_per_epoch * args.epochs)
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
@@ -286,13 +300,16 @@ def main(argv=None) -> int:
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # The adaptive softmax runs (and embeds) a tail cluster only for batches holding its tokens, so some
+        # steps leave its weights without a gradient: DDP has to look for them.
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=config.arch == "decoder" and bool(config.cutoffs))
     if args.compile:
         train_model = torch.compile(train_model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
-    metrics = dict(params=n_params, device=str(device) + (f" x{world}" if world > 1 else ""),
-                   train_stories=len(train_data), **(state or {}).get("metrics", {}))
+    metrics = {**(state or {}).get("metrics", {}), "params": n_params,
+               "device": str(device) + (f" x{world}" if world > 1 else ""), "train_stories": len(train_data)}
     reports = [str(train_report), str(valid_report)]
 
     def save(final: bool = False):
@@ -317,6 +334,16 @@ def main(argv=None) -> int:
                              valid_nats_per_story=r["nats_per_story"]))
         say(f"step {step:,}: valid {r['nats_per_story']:.1f} nats/story, {r['nats_per_token']:.4f} nats/token")
 
+    def clock() -> float:
+        """Seconds of training. Under DDP with --max-minutes: the slowest rank's, so that every rank follows the
+        same time-aware LR schedule (identical weights) and stops at the same step (none left waiting)."""
+        seconds = time.time() - t0
+        if world > 1 and args.max_minutes:
+            t = torch.tensor([seconds], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            seconds = float(t)
+        return seconds
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, initial=step, unit="step", disable=not main_process, file=sys.stderr,
@@ -325,15 +352,17 @@ def main(argv=None) -> int:
     stopped = False
     while step < total_steps and not stopped:
         epoch, b0 = divmod(step, batches_per_epoch)
-        perm = np.random.default_rng(args.seed + epoch).permutation(len(dataset))[rank::world]
+        perm = np.random.default_rng(args.seed + epoch).permutation(len(dataset))
+        perm = perm[: len(perm) - len(perm) % world][rank::world]  # equal shards: no rank runs out of batches first
         for b in range(b0, batches_per_epoch):
             idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
             if len(idx) == 0:
                 break
             x, y = collate([dataset[int(k)] for k in idx], config.context)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr = lr_at(step, args, total_steps, clock())
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, args, total_steps, time.time() - t0)
+                g["lr"] = lr
             with autocast:
                 loss = train_model(x, y)
             loss.backward()
@@ -354,7 +383,7 @@ def main(argv=None) -> int:
                 window_loss, window_tokens, window_t = 0.0, 0, time.time()
             if args.save_every and step % args.save_every == 0:
                 save()
-            if step >= total_steps or (args.max_minutes and elapsed > args.max_minutes * 60):
+            if step >= total_steps or (args.max_minutes and clock() > args.max_minutes * 60):
                 stopped = step < total_steps
                 break
         if step % batches_per_epoch == 0 or step >= total_steps or stopped:
@@ -376,6 +405,7 @@ def main(argv=None) -> int:
                   f"push_folder; push_folder('{out}', '{args.push_to_hub}')\"", file=sys.stderr)
             return 1
     if world > 1:
+        print(f"rank {rank}: weights sha256 {weights_sha256(model)}", file=sys.stderr, flush=True)
         torch.distributed.destroy_process_group()
     return 0
 

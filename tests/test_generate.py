@@ -169,8 +169,6 @@ def test_the_seeds_usage_prints_the_tags_then_the_story(approach2_model, approac
     assert story and result.stdout == f"Generating story with ['MoralValue', 'Twist']\n{story}\n"
 
 
-@pytest.mark.xfail(strict=True, reason="generate_text's default file=sys.stdout is bound when tinystories.generate is "
-                   "imported, so redirect_stdout (and pytest's capsys) cannot capture the story (see the report)")
 def test_generate_text_prints_to_the_current_stdout(approach2_model):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -202,9 +200,6 @@ def test_cli_refuses_an_unknown_tag_without_a_traceback(run_module, approach2_di
     assert result.stdout == ""
 
 
-@pytest.mark.xfail(strict=True, reason="tinystories/__init__.py exports a function `generate` named like the submodule "
-                   "tinystories.generate; once the submodule is imported, `from tinystories import generate` is the "
-                   "module (see the report)")
 def test_the_package_exports_the_generate_function_whatever_was_imported_first():
     code = ("from tinystories.generate import stream_story\n"
             "from tinystories import generate\n"

@@ -46,9 +46,6 @@ def test_a_tiny_run_lowers_the_validation_loss(approach2_dir, approach2_model, t
     assert "approach 2" in card and f"{metrics['valid_nats_per_story']:.2f}" in card
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="train.py builds `metrics = dict(params=..., device=..., "
-                   "train_stories=..., **state['metrics'])`, and a saved run's metrics already hold those keys: every "
-                   "--resume dies with 'dict() got multiple values for keyword argument params' (see the report)")
 def test_resume_continues_from_the_saved_step(run_train, tmp_path):
     out = tmp_path / "run"
     assert run_train(*tiny_train_args(2, out, steps=4), "--save-every", 2) == 0

@@ -11,11 +11,13 @@ EOS bias schedule: from the `eos_bias_after`-th generated token on, the [EOS] lo
 """
 from __future__ import annotations
 
+import codecs
 import sys
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from tokenizers.decoders import ByteLevel as ByteLevelDecoder
 
 from .data import default_stride, prefix_and_body
 from .tokenizer import EOS_ID, GPT2_VOCAB_SIZE, PAD_ID, normalize_tags
@@ -52,16 +54,54 @@ def check_settings(temperature=1.0, top_p=0.9, max_tokens=MAX_TOKENS, eos_bias_a
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """Nucleus sampling from one row of logits; temperature 0 is greedy."""
+    """Nucleus sampling from one row of logits; temperature 0 is greedy.
+
+    The nucleus: the most probable tokens, in order of probability, up to and including the one whose
+    cumulative probability reaches top_p; one of them is drawn in proportion to its probability.
+    """
     if temperature == 0:
         return int(logits.argmax())
-    probs = F.softmax(logits / temperature, -1)
-    sorted_probs, order = probs.sort(descending=True)
+    probs = F.softmax(logits if temperature == 1 else logits / temperature, -1)  # x / 1 == x: skip the copy
+    order, kept = _nucleus(probs, top_p)
+    return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
+
+
+def _kept(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
     cum = sorted_probs.cumsum(0)
     keep = (cum - sorted_probs) < top_p  # tokens needed to reach top_p; the first is always kept
     keep[0] = True
-    kept = sorted_probs[keep]
-    return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
+    return sorted_probs[keep]
+
+
+_CANDIDATES = (512, 4096)  # sizes of the top-k tried before a full sort
+_MASS_MARGIN = 1e-3  # far above float32 rounding in a cumulative sum of probabilities
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids by probability, descending; the nucleus's probabilities in that order), exactly as a sort of
+    all probabilities gives them, usually without that sort.
+
+    Sorting all 50,266 probabilities costs more than a model step, and a nucleus is usually a few hundred
+    tokens. topk(k) holds every token more probable than its smallest value v; if those tokens have mass
+    >= top_p + margin, every token after them starts past top_p and is never kept, and since torch's CPU
+    cumsum adds in order, their cumulative sums are those of the full sort. Equal probabilities in the
+    nucleus could be ordered differently by the two sorts: then, and for nuclei too big for the candidates
+    (or top_p too close to 1), sort everything.
+    """
+    if top_p <= 1 - 2 * _MASS_MARGIN:
+        for k in _CANDIDATES:
+            if k >= probs.numel():
+                break
+            values, ids = probs.topk(k)
+            n = int((values > values[-1]).sum())  # the tokens strictly more probable than the k-th
+            if float(values[:n].sum(dtype=torch.float64)) >= top_p + _MASS_MARGIN:
+                kept = _kept(values[:n], top_p)
+                head = values[: len(kept) + 1]
+                if not bool((head[1:] == head[:-1]).any()):
+                    return ids[:n], kept
+                break
+    sorted_probs, order = probs.sort(descending=True)
+    return order, _kept(sorted_probs, top_p)
 
 
 class _Reader:
@@ -74,13 +114,14 @@ class _Reader:
         self.room = cfg.context - len(self.prefix)
         self.stride = default_stride(cfg.context)
         self.start, self.cache = 0, None
+        self.device = next(model.parameters()).device
 
     def append(self, token: int) -> None:
         self.body.append(token)
 
     @torch.inference_mode()
     def next_log_probs(self) -> torch.Tensor:
-        m, device = self.model, next(self.model.parameters()).device
+        m, device = self.model, self.device
         if m.arch == "seed":
             window = self.prefix + self.body[-self.room :]
             x = torch.tensor([[PAD_ID] * (m.config.context - len(window)) + window], device=device)
@@ -107,7 +148,7 @@ def stream_story(model, tags=(), *, temperature: float = 1.0, top_p: float = 0.9
     banned = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     banned[GPT2_VOCAB_SIZE:] = True  # never sample [PAD] [BOS] or a tag inside a story
     banned[EOS_ID] = False
-    text = ""
+    text, decoded = "", _StoryText(tokenizer)
     for n in range(s["max_tokens"]):
         logits = reader.next_log_probs().cpu().masked_fill(banned, float("-inf"))
         if n >= s["eos_bias_after"]:
@@ -117,13 +158,64 @@ def stream_story(model, tags=(), *, temperature: float = 1.0, top_p: float = 0.9
             break
         story.append(token)
         reader.append(token)
-        new = tokenizer.decode(story).strip()
+        new = decoded.append(token, story).strip()
         if not new.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             text = new
             yield text
     final = tokenizer.decode(story).strip()
     if final != text:
         yield final
+
+
+class _StoryText:
+    """tokenizer.decode(story) after every token, without re-decoding the story each time.
+
+    A byte-level BPE tokenizer (GPT-2's) decodes ids by joining their bytes and decoding the bytes as UTF-8,
+    each invalid or unfinished sequence becoming one U+FFFD; Python's incremental UTF-8 decoder gives the same
+    text one token's bytes at a time (and holds back an unfinished character, shown as U+FFFD as decode
+    would). Other tokenizers (or one that cleans up spaces) are decoded in full.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.byte_level = (
+            isinstance(getattr(backend, "decoder", None), ByteLevelDecoder)
+            and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        )
+        if self.byte_level:
+            self.id_to_token = backend.id_to_token
+            self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+            self.text = ""
+
+    def append(self, token: int, story: list[int]) -> str:
+        """The decoded story, `token` (already appended to `story`) included."""
+        if not self.byte_level:
+            return self.tokenizer.decode(story)
+        chars = self.id_to_token(token)
+        try:
+            raw = bytes(_BYTE_OF_CHAR[c] for c in chars)
+        except KeyError:  # not written in the byte alphabet (an added token): its text, as the decoder does
+            raw = chars.encode()
+        self.text += self.utf8.decode(raw)
+        pending = self.utf8.getstate()[0]
+        return self.text + pending.decode("utf-8", "replace") if pending else self.text
+
+
+def _gpt2_byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (bytes_to_unicode), inverted: a token's character -> the byte it stands for."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)}
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _gpt2_byte_of_char()
 
 
 def generate(model, tags=(), **kwargs) -> str:
@@ -134,10 +226,11 @@ def generate(model, tags=(), **kwargs) -> str:
     return text
 
 
-def generate_text(model=None, tags=(), file=sys.stdout, **kwargs) -> str:
-    """The seed's usage: print "Generating story with [...]" and stream the story to `file`; return it."""
+def generate_text(model=None, tags=(), file=None, **kwargs) -> str:
+    """The seed's usage: print "Generating story with [...]" and stream the story to `file` (stdout); return it."""
     from .hub import load_model
 
+    file = file if file is not None else sys.stdout
     model = model if model is not None else load_model()
     tags = normalize_tags(tags)
     print(f"Generating story with {tags}", file=file, flush=True)
