@@ -146,6 +146,79 @@ def test_reference_covers_long_stories_and_early_stops(reference):
     assert any(len(r["ids"]) < r["case"]["max_tokens"] for r in reference)
 
 
+def test_a_generation_step_embeds_its_token_exactly_as_a_batch_does(models):
+    """Generation feeds one token at a time through a shortcut of the adaptive input embedding: same floats, in
+    the head cluster and in both tail clusters."""
+    output = models["decoder-a2"].decoder.output
+    id_of_rank = torch.argsort(output.rank_of_id)
+    for rank in (0, 7, 99, 100, 555, 999, 1000, 31337, 50265):
+        x = torch.tensor([[int(id_of_rank[rank])]])
+        with torch.no_grad():
+            one = output.embed(x)
+        batched = output.embed(torch.cat([x, x], 1))[:, :1].detach()  # the per-cluster path, with gradients on
+        assert one.shape == batched.shape == (1, 1, 32)
+        assert torch.equal(one, batched), rank
+
+
+def full_sort_sample_token(logits, temperature, top_p, generator) -> int:
+    """The sampler as first written, the specification: softmax, a full sort, cumulative sum, draw."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, -1)
+    sorted_probs, order = probs.sort(descending=True)
+    cum = sorted_probs.cumsum(0)
+    keep = (cum - sorted_probs) < top_p
+    keep[0] = True
+    kept = sorted_probs[keep]
+    return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
+
+
+def logits_like(kind: str, trial: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(trial)
+    x = torch.randn(50266, generator=g)
+    x = {"peaked": x * 3, "very-peaked": x * 8, "flat": x * 0.1, "ties": (x * 3).round(decimals=1)}[kind]
+    x = torch.log_softmax(x, -1)
+    x[50257:] = float("-inf")  # banned special tokens, as stream_story masks them
+    return x
+
+
+@pytest.mark.parametrize("kind", ["peaked", "very-peaked", "flat", "ties"])
+def test_fast_top_p_draws_exactly_what_a_full_sort_draws(kind):
+    """Same token and the same generator state afterwards (so the rest of the story is the same too)."""
+    for trial in range(4):
+        logits = logits_like(kind, trial)
+        for temperature, top_p in [(1.0, 0.9), (1.0, 0.5), (0.7, 0.95), (1.3, 0.9), (1.0, 0.0), (1.0, 0.997),
+                                   (1.0, 1.0)]:
+            fast, full = torch.Generator().manual_seed(trial), torch.Generator().manual_seed(trial)
+            assert gen.sample_token(logits, temperature, top_p, fast) == full_sort_sample_token(
+                logits, temperature, top_p, full), (kind, trial, temperature, top_p)
+            assert torch.equal(fast.get_state(), full.get_state())
+
+
+def test_the_cheap_top_p_path_is_taken_for_a_peaked_distribution(monkeypatch):
+    """Otherwise the equivalence above would hold trivially, by always sorting everything."""
+    sorts = []
+    real_sort = torch.Tensor.sort
+    monkeypatch.setattr(torch.Tensor, "sort", lambda self, *a, **k: sorts.append(self.numel()) or real_sort(self, *a, **k))
+    gen.sample_token(logits_like("very-peaked", 0), 1.0, 0.9, torch.Generator().manual_seed(0))
+    assert sorts == []
+
+
+def test_streamed_text_is_what_the_tokenizer_decodes(tokenizer):
+    """Byte by byte, including characters split across tokens and invalid UTF-8 (ids 0-255 are single bytes)."""
+    assert gen._StoryText(tokenizer).byte_level  # the fast path is the one in use
+    rng = np.random.default_rng(0)
+    multi_byte = tokenizer.encode("é ü 你好 🙂 ビ — “quotes”", add_special_tokens=False)
+    for trial in range(150):
+        n = int(rng.integers(1, 25))
+        pools = [rng.integers(0, 256, n), rng.integers(0, 50257, n), rng.choice(multi_byte, n)]
+        ids = [int(pools[int(rng.integers(0, 3))][i]) for i in range(n)]
+        text, story = gen._StoryText(tokenizer), []
+        for t in ids:
+            story.append(t)
+            assert text.append(t, story) == tokenizer.decode(story), story
+
+
 if __name__ == "__main__":
     from tinystories.tokenizer import build_tokenizer
 

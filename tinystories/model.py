@@ -195,6 +195,8 @@ class AdaptiveOutput(nn.Module):
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         if not self.cutoffs:
             return F.embedding(idx, self.linear.weight)
+        if idx.numel() == 1 and not torch.is_grad_enabled():
+            return self._embed_one(int(self.rank_of_id[idx.reshape(-1)[0]])).view(*idx.shape, -1)
         rank = self.rank_of_id[idx]
         out = torch.empty(*idx.shape, self.asm.in_features, device=idx.device, dtype=self.asm.head.weight.dtype)
         for c, (lo, hi) in enumerate(zip(self.starts, self.ends)):
@@ -205,6 +207,17 @@ class AdaptiveOutput(nn.Module):
                 down, up = self.asm.tail[c - 1]  # output: h -> down -> up; input: up.weight[r] @ down.weight
                 out[sel] = up.weight[rank[sel] - lo] @ down.weight
         return out
+
+    def _embed_one(self, rank: int) -> torch.Tensor:
+        """The embedding [1, d] of the token of this rank: what `embed` computes, without its per-cluster masks
+        (a generation step feeds one token). Same operations on the same [1, ...] shapes, so the same floats."""
+        for c, (lo, hi) in enumerate(zip(self.starts, self.ends)):
+            if rank < hi:
+                if c == 0:
+                    return self.asm.head.weight[rank : rank + 1]
+                down, up = self.asm.tail[c - 1]
+                return up.weight[rank - lo : rank - lo + 1] @ down.weight
+        raise IndexError(f"rank {rank} is outside the vocabulary")
 
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> log-probabilities [N, V] over every token id."""
