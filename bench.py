@@ -40,6 +40,9 @@ from tinystories.tokenizer import GPT2_VOCAB_SIZE
 ROOT = Path(__file__).resolve().parent
 BUNDLED = ROOT / "checkpoints" / "approach2"
 STORY_TOKENS = 350
+# seconds of training per arch, decoder stories, seed story tokens
+RUNS = {"quick": dict(train_seconds=8.0, stories=1, seed_tokens=40),
+        "full": dict(train_seconds=30.0, stories=3, seed_tokens=120)}
 # Dense bf16 peak of common GPUs (FLOP/s), for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
               "T4": 65e12}
@@ -226,20 +229,28 @@ def main(argv=None) -> int:
     say(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
         f"{platform.processor() or platform.machine()}{' (quick)' if args.quick else ''}")
     cfgs = configs()
-    seconds = 8.0 if args.quick else 30.0
+    run = RUNS["quick" if args.quick else "full"]
     t_start = time.perf_counter()
 
-    train = {arch: bench_training(cfgs[arch], device, seconds, say) for arch in ("seed", "decoder")}
-
+    # Generation first, so that the peak RSS it reaches is its own (training's is far larger).
     generation, sources = {}, {}
-    plan = {"decoder": (STORY_TOKENS, 1 if args.quick else 3), "seed": (40 if args.quick else 120, 1)}
+    plan = {"decoder": (STORY_TOKENS, run["stories"]), "seed": (run["seed_tokens"], 1)}
     for arch, (tokens, stories) in plan.items():
         model, sources[arch] = generation_model(arch, cfgs, args.model, say)
-        generation[arch] = bench_generation(model, tokens, stories, device)
-        g = generation[arch]
-        say(f"generate {arch:5s} {g['tokens_per_s']:8.1f} tokens/s, first token {g['first_token_ms']:6.1f} ms   "
-            f"({stories} x {tokens}-token stories, {sources[arch]})")
+        generation[arch] = g = bench_generation(model, tokens, stories, device)
+        say(f"generate {arch:8s} {g['tokens_per_s']:8.1f} tokens/s, first token {g['first_token_ms']:6.1f} ms   "
+            f"({stories} x {tokens}-token story, {sources[arch]})")
+        if arch == "decoder" and device.type == "cpu" and torch.get_num_threads() > 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # one token at a time is a chain of small ops: threads may cost more than pay
+            g["one_thread"] = bench_generation(model, tokens, stories, device)
+            torch.set_num_threads(threads)
+            say(f"generate {arch:8s} {g['one_thread']['tokens_per_s']:8.1f} tokens/s, first token "
+                f"{g['one_thread']['first_token_ms']:6.1f} ms   (the same, 1 CPU thread)")
         del model
+    generation_rss = peak_rss_mb()
+
+    train = {arch: bench_training(cfgs[arch], device, run["train_seconds"], say) for arch in ("seed", "decoder")}
 
     result = {
         "train_tokens_per_s": {a: round(train[a]["tokens_per_s"], 1) for a in train},
@@ -247,6 +258,7 @@ def main(argv=None) -> int:
         "generate_tokens_per_s": {a: round(generation[a]["tokens_per_s"], 1) for a in generation},
         "first_token_ms": {a: round(generation[a]["first_token_ms"], 1) for a in generation},
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "generation_peak_rss_mb": round(generation_rss, 1),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -256,10 +268,14 @@ def main(argv=None) -> int:
         "story_tokens": {a: generation[a]["story_tokens"] for a in generation},
         "seconds": round(time.perf_counter() - t_start, 1),
     }
+    if "one_thread" in generation["decoder"]:
+        one = generation["decoder"]["one_thread"]
+        result["decoder_generation_1_thread"] = {"tokens_per_s": round(one["tokens_per_s"], 1),
+                                                 "first_token_ms": round(one["first_token_ms"], 1)}
     if any("mfu" in t for t in train.values()):
         result["mfu"] = {a: round(train[a]["mfu"], 4) for a in train if "mfu" in train[a]}
-    say(f"training: the decoder predicts {result['train_speedup']}x the tokens/s of the seed arch; "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB; {result['seconds']:.0f} s")
+    say(f"training: the decoder predicts {result['train_speedup']}x the tokens/s of the seed arch; peak RSS "
+        f"{result['peak_rss_mb']:.0f} MB ({generation_rss:.0f} MB after generation); {result['seconds']:.0f} s")
     if args.json:
         print(json.dumps(result))
     return 0

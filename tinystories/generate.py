@@ -145,12 +145,10 @@ def stream_story(model, tags=(), *, temperature: float = 1.0, top_p: float = 0.9
     tokenizer = tokenizer or model.tokenizer
     generator = torch.Generator().manual_seed(s["seed"] if s["seed"] is not None else torch.seed())
     reader, story = _Reader(model, tags), []
-    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool)
-    banned[GPT2_VOCAB_SIZE:] = True  # never sample [PAD] [BOS] or a tag inside a story
-    banned[EOS_ID] = False
     text, decoded = "", _StoryText(tokenizer)
     for n in range(s["max_tokens"]):
-        logits = reader.next_log_probs().cpu().masked_fill(banned, float("-inf"))
+        logits = reader.next_log_probs().cpu().clone()
+        logits[GPT2_VOCAB_SIZE:EOS_ID] = logits[EOS_ID + 1 :] = float("-inf")  # never [PAD] [BOS] or a tag in a story
         if n >= s["eos_bias_after"]:
             logits[EOS_ID] += EOS_BIAS_STEP * (n - s["eos_bias_after"] + 1)
         token = sample_token(logits, s["temperature"], s["top_p"], generator)
