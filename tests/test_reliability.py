@@ -282,6 +282,26 @@ def test_max_tokens_is_capped_at_350(tiny_models):
     assert len(chunks) <= MAX_TOKENS
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 2.2e-313, 1e-40, 1e-7])
+def test_a_vanishing_temperature_is_greedy_instead_of_nan(tiny_models, temperature):
+    """Found by the property test: float32 logits divided by 2.2e-313 are inf, and softmax gave NaN."""
+    def story(t):
+        return list(app.compare_stories(["Twist"], t, 0.9, 5, 200, 3, models=tiny_models))[-1][:2]
+
+    assert story(temperature) == story(0.0)
+
+
+def test_a_huge_value_gets_a_short_error_that_still_names_the_setting_and_the_choices(tiny_models):
+    with pytest.raises(gr.Error) as error:
+        next(app.generate_story([], LONG, 0.9, 5, 200, 1, 2, models=tiny_models))
+    assert error.value.message.startswith("temperature must be a number, got 'xxx") and len(error.value.message) < 200
+    with pytest.raises(gr.Error) as error:
+        next(app.generate_story([f"Tag{i}" for i in range(5000)], 1.0, 0.9, 5, 200, 1, 2, models=tiny_models))
+    message = error.value.message
+    assert message.startswith("unknown tag(s) 'Tag0', 'Tag1'") and len(message) <= 500
+    assert message.endswith("choose from: " + ", ".join(TAGS))
+
+
 # ------------------------------------------------------------------------------ 3. interrupted training
 
 
