@@ -153,7 +153,12 @@ def test_compare_streams_both_approaches_at_once_from_the_same_tags_and_seed(mod
 
 
 def test_detected_tags_show_under_each_finished_story(models, monkeypatch):
-    assert app.detect_tags("Once upon a time.") is None  # the hook, until a detector is plugged in
+    # the bundled detector reads quoted speech as Dialogue and a plain sentence as untagged
+    assert "Dialogue" in app.detect_tags('"Can I play?" asked Tom. "Yes, you can," said Mom with a smile.')
+    assert app.detect_tags("Once upon a time there was a cat. The cat slept in the sun.") == []
+    *_, details1, details2 = final(app.compare_stories([], **SHORT, seed=2, models=models))
+    assert "**Detected tags:**" in details1 and "no tag detector" not in details1
+    monkeypatch.setattr(app, "detect_tags", lambda text: None)
     *_, details1, details2 = final(app.compare_stories([], **SHORT, seed=2, models=models))
     assert "**Detected tags:** — (no tag detector yet)" in details1
     monkeypatch.setattr(app, "detect_tags", lambda text: ["Twist"])

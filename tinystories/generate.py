@@ -59,7 +59,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
     The nucleus: the most probable tokens, in order of probability, up to and including the one whose
     cumulative probability reaches top_p; one of them is drawn in proportion to its probability.
     """
-    if temperature == 0:
+    if temperature < 1e-6:  # 0 is greedy; tinier ones would overflow the softmax into NaN
         return int(logits.argmax())
     probs = F.softmax(logits if temperature == 1 else logits / temperature, -1)  # x / 1 == x: skip the copy
     order, kept = _nucleus(probs, top_p)
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     p.add_argument("--tags", default="", help="comma-separated tags, e.g. Dialogue,Twist (none: an untagged story)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.8, help="default 0.8: tuned for the bundled weights")
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--eos-bias-after", type=int, default=200)
     args = p.parse_args(argv)
