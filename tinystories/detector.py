@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -46,7 +47,7 @@ class FeatureSettings:
     bigrams: bool = True
     max_features: int = 30_000  # most frequent n-grams (by stories containing them) kept as columns
     min_df: int = 3  # an n-gram must occur in this many training stories
-    ending: bool = False  # also unigrams of the story's last third, marked "end:" (tried; see README)
+    regions: bool = False  # also unigrams of the story's first and last thirds, marked "first:" / "last:" (tried)
     dense: bool = True  # the quoted-speech cues in DENSE
 
 
@@ -60,8 +61,9 @@ def ngram_counts(text: str, settings: FeatureSettings) -> Counter:
     counts = Counter(toks)
     if settings.bigrams:
         counts.update(f"{a} {b}" for a, b in zip(toks, toks[1:]))
-    if settings.ending:
-        counts.update("end:" + t for t in toks[2 * len(toks) // 3 :])
+    if settings.regions:
+        counts.update("first:" + t for t in toks[: len(toks) // 3])
+        counts.update("last:" + t for t in toks[2 * len(toks) // 3 :])
     return counts
 
 
@@ -81,25 +83,30 @@ def _story_parts(stories) -> tuple[list[str], np.ndarray]:
     return texts, labels
 
 
-def build_vocab(texts: list[str], settings: FeatureSettings) -> list[str]:
-    """The n-grams in at least `min_df` stories, most frequent first (ties alphabetical), at most `max_features`."""
+def build_vocab(counts: list[Counter], settings: FeatureSettings) -> list[str]:
+    """The n-grams in at least `min_df` stories, most frequent first (ties alphabetical), at most `max_features`.
+
+    `counts`: ngram_counts of each story."""
     df = Counter()
-    for text in texts:
-        df.update(ngram_counts(text, settings).keys())
+    for c in counts:
+        df.update(c.keys())
     kept = sorted((g for g, n in df.items() if n >= settings.min_df), key=lambda g: (-df[g], g))
     return kept[: settings.max_features]
 
 
-def featurize(texts: list[str], vocab: dict[str, int], settings: FeatureSettings):
-    """Sparse rows (indptr, indices, values): L2-normalised log(1 + count) of known n-grams, then the cues."""
+def featurize(texts: list[str], vocab: dict[str, int], settings: FeatureSettings, counts: list[Counter] | None = None):
+    """Sparse rows (indptr, indices, values): L2-normalised log(1 + count) of known n-grams, then the cues.
+
+    `counts`: the stories' ngram_counts, when the caller has them already.
+    """
     indptr, indices, values = [0], [], []
-    for text in texts:
-        counts = ngram_counts(text, settings)
-        cols = [vocab[g] for g in counts if g in vocab]
-        vals = np.log1p(np.array([counts[g] for g in counts if g in vocab], dtype=np.float64))
+    for i, text in enumerate(texts):
+        story = counts[i] if counts is not None else ngram_counts(text, settings)
+        known = [(vocab[g], n) for g, n in story.items() if g in vocab]
+        vals = np.log1p(np.array([n for _, n in known], dtype=np.float64))
         norm = np.sqrt((vals**2).sum())
-        indices += cols
-        values += list(vals / norm) if norm > 0 else list(vals)
+        indices += [c for c, _ in known]
+        values += list(vals / norm) if norm > 0 else []
         if settings.dense:
             indices += range(len(vocab), len(vocab) + len(DENSE))
             values += dense_features(text)
@@ -107,31 +114,57 @@ def featurize(texts: list[str], vocab: dict[str, int], settings: FeatureSettings
     return np.array(indptr, dtype=np.int64), np.array(indices, dtype=np.int64), np.array(values, dtype=np.float32)
 
 
-def fit_logistic(rows, labels: np.ndarray, n_features: int, l2: float, max_iter: int = 300):
-    """One-vs-rest L2-regularised logistic regression (all tags at once; full-batch L-BFGS in torch).
+def take_rows(rows, idx: np.ndarray):
+    """The sparse rows `idx` of (indptr, indices, values)."""
+    indptr, indices, values = rows
+    starts, ends = indptr[idx], indptr[idx + 1]
+    picked = np.concatenate([np.arange(a, e) for a, e in zip(starts, ends)]) if len(idx) else np.zeros(0, np.int64)
+    return np.r_[0, np.cumsum(ends - starts)], indices[picked], values[picked]
 
+
+def sparse_logits_proba(rows, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """sigmoid(rows @ weights + bias) for sparse rows, in float64."""
+    indptr, indices, values = rows
+    n = len(indptr) - 1
+    row = np.repeat(np.arange(n), np.diff(indptr))
+    x = values.astype(np.float64)
+    logits = np.stack([np.bincount(row, x * weights[indices, j], minlength=n) for j in range(weights.shape[1])], 1)
+    return 1 / (1 + np.exp(-(logits + bias)))
+
+
+def fit_logistic(rows, labels: np.ndarray, n_features: int, l2: float, max_iter: int = 200):
+    """One-vs-rest L2-regularised logistic regression: for every tag, mean log-loss + l2/2 * |w|^2.
+
+    All tags at once with full-batch L-BFGS in torch; the gradient is written out (X^T (p - y) / n), with X
+    and X^T as CSR matrices, because autograd through a sparse matmul re-sorts X on every step.
     Returns weights [n_features, tags] and bias [tags], float32. Deterministic for fixed inputs.
     """
     import torch
 
     indptr, indices, values = rows
     n = len(indptr) - 1
-    row_of = np.repeat(np.arange(n), np.diff(indptr))
-    x = torch.sparse_coo_tensor(np.stack([row_of, indices]), values, (n, n_features), dtype=torch.float64).coalesce()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices),
+                                    torch.from_numpy(values.astype(np.float64)), (n, n_features))
+        xt = x.t().to_sparse_csr()
     y = torch.from_numpy(labels.astype(np.float64))
     w = torch.zeros(n_features, labels.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(labels.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9,
                             history_size=20, line_search_fn="strong_wolfe")
 
+    @torch.no_grad()
     def closure():
-        opt.zero_grad()
-        logits = torch.sparse.mm(x, w) + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
+        z = x @ w + b
+        loss = (torch.nn.functional.softplus(z) - y * z).sum() / n + 0.5 * l2 * (w * w).sum()
+        g = (torch.sigmoid(z) - y) / n
+        w.grad = xt @ g + l2 * w
+        b.grad = g.sum(0)
         return loss
 
     opt.step(closure)
+    fit_logistic.last_iterations = opt.state[opt._params[0]]["n_iter"]
     return w.detach().float().numpy(), b.detach().float().numpy()
 
 
@@ -175,43 +208,37 @@ class TagDetector:
               progress: bool = True) -> "TagDetector":
         """Learn from tagged stories (Story objects or (text, tags) pairs).
 
-        Thresholds: each tag's F1-best cut on out-of-fold probabilities (`folds` hash folds of these stories);
-        then the weights are refit on all of them. folds=1: no cross-fitting, thresholds 0.5.
+        The vocabulary comes from all of them (it uses no labels). Thresholds: each tag's F1-best cut on
+        out-of-fold probabilities (`folds` hash folds of these stories); then the weights are refit on all of
+        them. folds=1: no cross-fitting, thresholds 0.5.
         """
         settings = settings or FeatureSettings()
         texts, labels = _story_parts(stories)
         log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
-        thresholds = np.full(len(TAGS), 0.5)
-        oof_report = None
+        counts = [ngram_counts(t, settings) for t in texts]
+        vocab = build_vocab(counts, settings)
+        n_features = len(vocab) + (len(DENSE) if settings.dense else 0)
+        rows = featurize(texts, {g: i for i, g in enumerate(vocab)}, settings, counts)
+        thresholds, oof_report = np.full(len(TAGS), 0.5), None
         if folds > 1:
             fold = np.array([fold_of(t, folds) for t in texts])
-            oof = np.zeros_like(labels, dtype=np.float64)
+            oof = np.zeros(labels.shape)
             for k in range(folds):
-                fit = np.flatnonzero(fold != k)
-                if not len(fit) or fit.size == len(texts):
+                fit, held = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+                if not len(fit) or not len(held):
                     continue
                 log(f"detector: fold {k + 1}/{folds} ({len(fit):,} stories)")
-                part = cls._fit([texts[i] for i in fit], labels[fit], settings, l2)
-                held = np.flatnonzero(fold == k)
-                oof[held] = part.predict_proba([texts[i] for i in held])
+                w, b = fit_logistic(take_rows(rows, fit), labels[fit], n_features, l2)
+                oof[held] = sparse_logits_proba(take_rows(rows, held), w, b)
             thresholds = np.array([best_threshold(oof[:, j], labels[:, j]) for j in range(len(TAGS))])
             truth = [[t for j, t in enumerate(TAGS) if labels[i, j]] for i in range(len(texts))]
             pred = [[t for j, t in enumerate(TAGS) if oof[i, j] >= thresholds[j]] for i in range(len(texts))]
             oof_report = detection_report(truth, pred)
-        log(f"detector: final fit on {len(texts):,} stories")
-        det = cls._fit(texts, labels, settings, l2)
-        det.thresholds = thresholds
-        det.trained_on = {"stories": len(texts), "folds": folds, "out_of_fold_report": oof_report,
-                          "tag_counts": {t: int(labels[:, j].sum()) for j, t in enumerate(TAGS)}}
-        return det
-
-    @classmethod
-    def _fit(cls, texts, labels, settings: FeatureSettings, l2: float) -> "TagDetector":
-        vocab = build_vocab(texts, settings)
-        index = {g: i for i, g in enumerate(vocab)}
-        n_features = len(vocab) + (len(DENSE) if settings.dense else 0)
-        w, b = fit_logistic(featurize(texts, index, settings), labels, n_features, l2)
-        return cls(vocab, w, b, np.full(len(TAGS), 0.5), settings, l2)
+        log(f"detector: final fit on {len(texts):,} stories, {n_features:,} features")
+        w, b = fit_logistic(rows, labels, n_features, l2)
+        trained_on = {"stories": len(texts), "folds": folds, "out_of_fold_report": oof_report,
+                      "tag_counts": {t: int(labels[:, j].sum()) for j, t in enumerate(TAGS)}}
+        return cls(vocab, w, b, thresholds, settings, l2, trained_on)
 
     # ------------------------------------------------------------------------------------------- scoring
 
@@ -219,13 +246,7 @@ class TagDetector:
         """[n, 6] probabilities, columns in TAGS order. A single string counts as one story."""
         if isinstance(texts, str):
             texts = [texts]
-        indptr, indices, values = featurize(list(texts), self._index, self.settings)
-        contrib = values[:, None].astype(np.float64) * self.weights[indices]
-        logits = np.zeros((len(indptr) - 1, len(TAGS)))
-        rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-        np.add.at(logits, rows, contrib)
-        logits += self.bias
-        return 1 / (1 + np.exp(-logits))
+        return sparse_logits_proba(featurize(list(texts), self._index, self.settings), self.weights, self.bias)
 
     def predict(self, texts) -> list[list[str]]:
         """The detected tags of each story."""
@@ -328,10 +349,10 @@ def main(argv=None) -> int:
     p.add_argument("--folds", type=int, default=5, help="folds of TRAIN for the out-of-fold thresholds")
     p.add_argument("--no-bigrams", action="store_true")
     p.add_argument("--no-dense", action="store_true", help="drop the quoted-speech cues")
-    p.add_argument("--ending", action="store_true", help="add unigrams of the story's last third")
+    p.add_argument("--regions", action="store_true", help="add unigrams of the story's first and last thirds")
     args = p.parse_args(argv)
     settings = FeatureSettings(bigrams=not args.no_bigrams, max_features=args.max_features, min_df=args.min_df,
-                               ending=args.ending, dense=not args.no_dense)
+                               regions=args.regions, dense=not args.no_dense)
     try:
         train, train_report = load_stories(args.data, "train", args.max_stories)
         print(train_report, file=sys.stderr)

@@ -45,16 +45,20 @@ def nats_per_story(model, data: TokenizedStories, batch_size: int = 64, progress
 def main(argv=None) -> int:
     import argparse
 
+    from .adherence import add_arguments as add_tag_arguments, run as run_tag_measures
     from .data import DataError, load_stories, tokenize_cached
     from .hub import CheckpointError, load_model
 
-    p = argparse.ArgumentParser(description="Evaluate a model: nats per story on held-out stories.")
+    p = argparse.ArgumentParser(description="Evaluate a model: nats per story, or --tag-adherence; or --detector-report.")
     p.add_argument("--model", default=None, help="checkpoint folder or Hub repo id[@revision] (default: bundled)")
     p.add_argument("--data", default="../shared/data", help="Hub dataset id or local file/folder")
     p.add_argument("--split", default="valid", choices=["train", "valid"])
     p.add_argument("--max-stories", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
+    add_tag_arguments(p)  # --detector-report, --tag-adherence and their settings
     args = p.parse_args(argv)
+    if args.detector_report or args.tag_adherence:
+        return run_tag_measures(args)
     try:
         model = load_model(args.model)
         stories, report = load_stories(args.data, args.split, args.max_stories)
