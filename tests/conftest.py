@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import _socket
 import socket
 import subprocess
 import sys
@@ -207,3 +208,24 @@ def run_module():
                               text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
 
     return run
+
+
+@pytest.fixture(scope="module")
+def loopback():
+    """conftest.no_network refuses every connection; the app under test lives on 127.0.0.1, so let that through."""
+    guarded = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] in ("127.0.0.1", "::1", "localhost"):
+            return _socket.socket.connect(self, address)
+        return guarded(self, address)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", connect)
+        yield
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,7 +3,6 @@
 The pure functions of app.py are called directly; the API tests launch `build_demo(...)` on a free localhost
 port in this process (prevent_thread_lock=True) and call it with gradio_client, by keyword.
 """
-import _socket
 import math
 import os
 import socket
@@ -14,6 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home fr
 
 import gradio as gr  # noqa: E402
 import pytest  # noqa: E402
+from conftest import free_port  # noqa: E402
 from gradio_client import Client  # noqa: E402
 
 import app  # noqa: E402
@@ -224,27 +224,6 @@ def test_help_documents_the_options(capsys):
 
 
 # --- the running app, through gradio_client
-
-@pytest.fixture(scope="module")
-def loopback():
-    """conftest.no_network refuses every connection; the app under test lives on 127.0.0.1, so let that through."""
-    guarded = socket.socket.connect
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] in ("127.0.0.1", "::1", "localhost"):
-            return _socket.socket.connect(self, address)
-        return guarded(self, address)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", connect)
-        yield
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def client(loaded, loopback):

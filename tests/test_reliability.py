@@ -11,7 +11,6 @@ recovers by itself. Related checks that already live elsewhere, not repeated her
 """
 from __future__ import annotations
 
-import _socket
 import json
 import math
 import os
@@ -42,7 +41,7 @@ import app  # noqa: E402
 import tinystories.hub  # noqa: E402
 from tinystories.evaluate import main as evaluate_main  # noqa: E402
 from tinystories.generate import main as generate_main  # noqa: E402
-from conftest import ROOT, STORIES, read_rows, tiny_train_args  # noqa: E402
+from conftest import ROOT, STORIES, free_port, read_rows, tiny_train_args  # noqa: E402
 from tinystories import (MAX_TOKENS, TAGS, CheckpointError, TinyStoriesConfig, TinyStoriesModel, load_model,  # noqa: E402
                          save_checkpoint)
 
@@ -62,27 +61,6 @@ def subprocess_env(**extra) -> dict:
 
 
 # ------------------------------------------------------------------------------ 1. many users at once
-
-
-@pytest.fixture(scope="module")
-def loopback():
-    """conftest.no_network refuses every connection; the app under test lives on 127.0.0.1, so let that through."""
-    guarded = socket.socket.connect
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] in ("127.0.0.1", "::1", "localhost"):
-            return _socket.socket.connect(self, address)
-        return guarded(self, address)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", connect)
-        yield
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 USERS = 8
