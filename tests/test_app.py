@@ -5,7 +5,6 @@ port in this process (prevent_thread_lock=True) and call it with gradio_client, 
 """
 import math
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
