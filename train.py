@@ -18,6 +18,7 @@ import os
 import shlex
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +201,8 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 alone evaluates and saves while the others wait in their next all-reduce: allow it hours.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     main_process = rank == 0
     if args.threads:
         torch.set_num_threads(args.threads)
