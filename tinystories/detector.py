@@ -1,14 +1,22 @@
 """Tag detector: the probability that a story carries each of the six narrative tags.
 
 It measures tag adherence (tinystories.adherence): a model asked for a Twist should write stories this detector
-calls Twist. One-vs-rest logistic regression over word uni+bi-grams (the `max_features` most frequent in the
-training stories; log counts, L2-normalised) plus two story-level cues for quoted speech, learned from the
-tagged training stories. Each tag's decision threshold maximises its F1 on out-of-fold probabilities of the
-TRAIN stories (k-fold), so it is never chosen on the stories it is scored on; the saved model is then refit
-on all of them.
+calls Twist. One-vs-rest logistic regression (L2, L-BFGS) over
+  - word uni+bi-grams, plus the unigrams of the story's first and last thirds (where hints and endings live),
+    the `max_features` most frequent in the training stories, log counts, L2-normalised per story;
+  - two story-level cues for quoted speech (Dialogue).
+Each tag's decision threshold maximises its F1 on out-of-fold probabilities of the TRAIN stories (5 hash
+folds), so it is never chosen on the stories it is scored on; the saved weights are then refit on all of them.
+
+Valid split of the project corpus (300 stories): macro F1 0.867 (Dialogue 1.00, MoralValue 0.99, BadEnding 0.98,
+Conflict 0.85, Twist 0.76, Foreshadowing 0.63); out-of-fold on train 0.859. Alternatives (fit on 80% of train,
+thresholds on the other 20%, valid macro F1): this design 0.872, at l2 = 1e-4 / 1e-6 0.846 / 0.864, 15k / 60k
+n-grams 0.868 / 0.872; without the first/last-third unigrams at l2 = 1e-3 / 1e-4 / 1e-5 0.754 / 0.830 / 0.832,
+unigrams only 0.800. Thresholds left at 0.5: 0.706 (vs 0.826 tuned, same model, no regions, l2 = 1e-4). A quote rule for Dialogue scores the same 1.00 as the learned weights.
 
 On disk a detector is a folder (checkpoints/tag_detector/, loaded by default): config.json (tags,
-thresholds, feature settings, how it was trained) + vocab.txt (one n-gram a line) + weights.safetensors.
+thresholds, feature settings, how it was trained and its reports) + vocab.txt (one n-gram a line) +
+weights.safetensors.
 
     python -m tinystories.detector --data ../shared/data --out checkpoints/tag_detector
 """
@@ -47,7 +55,7 @@ class FeatureSettings:
     bigrams: bool = True
     max_features: int = 30_000  # most frequent n-grams (by stories containing them) kept as columns
     min_df: int = 3  # an n-gram must occur in this many training stories
-    regions: bool = False  # also unigrams of the story's first and last thirds, marked "first:" / "last:" (tried)
+    regions: bool = True  # also unigrams of the story's first and last thirds, marked "first:" / "last:"
     dense: bool = True  # the quoted-speech cues in DENSE
 
 
@@ -86,7 +94,8 @@ def _story_parts(stories) -> tuple[list[str], np.ndarray]:
 def build_vocab(counts: list[Counter], settings: FeatureSettings) -> list[str]:
     """The n-grams in at least `min_df` stories, most frequent first (ties alphabetical), at most `max_features`.
 
-    `counts`: ngram_counts of each story."""
+    `counts`: ngram_counts of each story.
+    """
     df = Counter()
     for c in counts:
         df.update(c.keys())
@@ -122,7 +131,7 @@ def take_rows(rows, idx: np.ndarray):
     return np.r_[0, np.cumsum(ends - starts)], indices[picked], values[picked]
 
 
-def sparse_logits_proba(rows, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def sparse_proba(rows, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """sigmoid(rows @ weights + bias) for sparse rows, in float64."""
     indptr, indices, values = rows
     n = len(indptr) - 1
@@ -132,7 +141,7 @@ def sparse_logits_proba(rows, weights: np.ndarray, bias: np.ndarray) -> np.ndarr
     return 1 / (1 + np.exp(-(logits + bias)))
 
 
-def fit_logistic(rows, labels: np.ndarray, n_features: int, l2: float, max_iter: int = 200):
+def fit_logistic(rows, labels: np.ndarray, n_features: int, l2: float, max_iter: int = 400):
     """One-vs-rest L2-regularised logistic regression: for every tag, mean log-loss + l2/2 * |w|^2.
 
     All tags at once with full-batch L-BFGS in torch; the gradient is written out (X^T (p - y) / n), with X
@@ -164,7 +173,6 @@ def fit_logistic(rows, labels: np.ndarray, n_features: int, l2: float, max_iter:
         return loss
 
     opt.step(closure)
-    fit_logistic.last_iterations = opt.state[opt._params[0]]["n_iter"]
     return w.detach().float().numpy(), b.detach().float().numpy()
 
 
@@ -195,7 +203,7 @@ class TagDetector:
     bias: np.ndarray  # float32 [len(TAGS)]
     thresholds: np.ndarray  # float64 [len(TAGS)]: a tag is detected when its probability is >= its threshold
     settings: FeatureSettings = field(default_factory=FeatureSettings)
-    l2: float = 1e-4
+    l2: float = 1e-5
     trained_on: dict = field(default_factory=dict)  # what the training run saw and reported
 
     def __post_init__(self):
@@ -204,8 +212,8 @@ class TagDetector:
     # ------------------------------------------------------------------------------------------- training
 
     @classmethod
-    def train(cls, stories, settings: FeatureSettings | None = None, l2: float = 1e-4, folds: int = 5,
-              progress: bool = True) -> "TagDetector":
+    def train(cls, stories, settings: FeatureSettings | None = None, l2: float = 1e-5, folds: int = 5,
+              max_iter: int = 400, progress: bool = True) -> "TagDetector":
         """Learn from tagged stories (Story objects or (text, tags) pairs).
 
         The vocabulary comes from all of them (it uses no labels). Thresholds: each tag's F1-best cut on
@@ -228,15 +236,15 @@ class TagDetector:
                 if not len(fit) or not len(held):
                     continue
                 log(f"detector: fold {k + 1}/{folds} ({len(fit):,} stories)")
-                w, b = fit_logistic(take_rows(rows, fit), labels[fit], n_features, l2)
-                oof[held] = sparse_logits_proba(take_rows(rows, held), w, b)
+                w, b = fit_logistic(take_rows(rows, fit), labels[fit], n_features, l2, max_iter)
+                oof[held] = sparse_proba(take_rows(rows, held), w, b)
             thresholds = np.array([best_threshold(oof[:, j], labels[:, j]) for j in range(len(TAGS))])
             truth = [[t for j, t in enumerate(TAGS) if labels[i, j]] for i in range(len(texts))]
             pred = [[t for j, t in enumerate(TAGS) if oof[i, j] >= thresholds[j]] for i in range(len(texts))]
             oof_report = detection_report(truth, pred)
         log(f"detector: final fit on {len(texts):,} stories, {n_features:,} features")
-        w, b = fit_logistic(rows, labels, n_features, l2)
-        trained_on = {"stories": len(texts), "folds": folds, "out_of_fold_report": oof_report,
+        w, b = fit_logistic(rows, labels, n_features, l2, max_iter)
+        trained_on = {"stories": len(texts), "folds": folds, "max_iter": max_iter, "out_of_fold_report": oof_report,
                       "tag_counts": {t: int(labels[:, j].sum()) for j, t in enumerate(TAGS)}}
         return cls(vocab, w, b, thresholds, settings, l2, trained_on)
 
@@ -246,7 +254,7 @@ class TagDetector:
         """[n, 6] probabilities, columns in TAGS order. A single string counts as one story."""
         if isinstance(texts, str):
             texts = [texts]
-        return sparse_logits_proba(featurize(list(texts), self._index, self.settings), self.weights, self.bias)
+        return sparse_proba(featurize(list(texts), self._index, self.settings), self.weights, self.bias)
 
     def predict(self, texts) -> list[list[str]]:
         """The detected tags of each story."""
@@ -345,18 +353,19 @@ def main(argv=None) -> int:
     p.add_argument("--max-stories", type=int, default=None)
     p.add_argument("--max-features", type=int, default=FeatureSettings.max_features)
     p.add_argument("--min-df", type=int, default=FeatureSettings.min_df)
-    p.add_argument("--l2", type=float, default=1e-4, help="L2 penalty on the weights (per story, mean loss)")
+    p.add_argument("--l2", type=float, default=1e-5, help="L2 penalty on the weights (per story, mean loss)")
     p.add_argument("--folds", type=int, default=5, help="folds of TRAIN for the out-of-fold thresholds")
+    p.add_argument("--max-iter", type=int, default=400, help="L-BFGS iterations per fit")
     p.add_argument("--no-bigrams", action="store_true")
     p.add_argument("--no-dense", action="store_true", help="drop the quoted-speech cues")
-    p.add_argument("--regions", action="store_true", help="add unigrams of the story's first and last thirds")
+    p.add_argument("--no-regions", action="store_true", help="drop the unigrams of the first and last thirds")
     args = p.parse_args(argv)
     settings = FeatureSettings(bigrams=not args.no_bigrams, max_features=args.max_features, min_df=args.min_df,
-                               regions=args.regions, dense=not args.no_dense)
+                               regions=not args.no_regions, dense=not args.no_dense)
     try:
         train, train_report = load_stories(args.data, "train", args.max_stories)
         print(train_report, file=sys.stderr)
-        detector = TagDetector.train(train, settings, l2=args.l2, folds=args.folds)
+        detector = TagDetector.train(train, settings, l2=args.l2, folds=args.folds, max_iter=args.max_iter)
         detector.trained_on["source"] = str(args.data)
         valid, valid_report = load_stories(args.data, "valid")
     except DataError as e:

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from .data import DataError, load_stories, tokenize_cached
     from .hub import CheckpointError, load_model
 
-    p = argparse.ArgumentParser(description="Evaluate a model: nats per story, or --tag-adherence; or --detector-report.")
+    p = argparse.ArgumentParser(description="Evaluate a model (nats per story, or --tag-adherence) or the tag detector.")
     p.add_argument("--model", default=None, help="checkpoint folder or Hub repo id[@revision] (default: bundled)")
     p.add_argument("--data", default="../shared/data", help="Hub dataset id or local file/folder")
     p.add_argument("--split", default="valid", choices=["train", "valid"])
