@@ -138,7 +138,7 @@ def weights_sha256(model) -> str:
 
 def model_card(args, config: TinyStoriesConfig, metrics: dict, reports: list[str]) -> str:
     cmd = "python train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    data = args.data if "/" not in str(args.data) or Path(args.data).exists() is False else args.data
+    data = args.data
     m = metrics
     lines = [
         "---", "library_name: tinystories", "license: mit", "pipeline_tag: text-generation",
