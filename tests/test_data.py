@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import read_rows
+from fake_hub_datasets import hub_unreachable, serve_dataset
 from tinystories import DataError, load_stories, windows
-from tinystories.data import (IGNORE, TokenizedStories, WindowDataset, collate, encode_stories, in_valid_split,
-                              last_token_examples, Story)
+from tinystories.data import (IGNORE, CacheError, LoadReport, Story, TokenizedStories, WindowDataset, collate,
+                              encode_stories, in_valid_split, iter_stories, last_token_examples, tokenize_cached,
+                              tokenize_source_cached)
 from tinystories.tokenizer import TAGS
 
 # Readable names for the special ids in the literal layouts below.
@@ -255,3 +257,152 @@ def test_a_folder_without_the_requested_split_or_data_is_a_data_error(tmp_path):
 def test_split_names_other_than_train_and_valid_are_refused(stories_dir):
     with pytest.raises(ValueError, match="split must be"):
         load_stories(stories_dir, "dev")
+
+
+# ----------------------------------------------------------------------------------------------- token cache
+
+
+def _same(a: TokenizedStories, b: TokenizedStories) -> bool:
+    return all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("tokens", "offsets", "tag_bits"))
+
+
+def _cache_folders(cache):
+    return sorted(p for p in cache.iterdir() if p.name.startswith("tokens-"))
+
+
+@pytest.fixture(scope="module")
+def train_stories(stories_dir):
+    return load_stories(stories_dir, "train")[0]
+
+
+def test_the_token_cache_is_a_folder_opened_as_memmaps_that_equals_a_fresh_build(tokenizer, train_stories, tmp_path):
+    cached = tokenize_cached(tokenizer, train_stories, tmp_path)
+    [folder] = _cache_folders(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "offsets.npy", "tag_bits.npy", "tokens.npy"]
+    assert all(isinstance(a, np.memmap) for a in (cached.tokens, cached.offsets, cached.tag_bits))
+    fresh = TokenizedStories.build(tokenizer, train_stories)
+    assert _same(cached, fresh)
+    assert json.loads((folder / "meta.json").read_text())["stories"] == 40
+    # everything downstream reads the read-only memmaps exactly as in-memory arrays
+    for arch, approach in [("decoder", 1), ("decoder", 2), ("seed", 2)]:
+        a, b = WindowDataset(cached, arch, approach, 16), WindowDataset(fresh, arch, approach, 16)
+        assert len(a) == len(b) and all(a[k] == b[k] for k in range(0, len(a), 7))
+    assert np.array_equal(cached.token_counts(50266), np.bincount(fresh.tokens, minlength=50266))
+    assert np.array_equal(cached.token_counts(50266, chunk=100), cached.token_counts(50266))
+    assert _same(cached.head(3), TokenizedStories.build(tokenizer, train_stories[:3]))
+
+
+def test_tokens_are_written_batch_by_batch_into_the_same_arrays(tokenizer, train_stories, tmp_path):
+    written = TokenizedStories.write(tmp_path / "c", tokenizer, iter(train_stories), batch=7)
+    assert _same(written, TokenizedStories.build(tokenizer, train_stories))
+    assert _same(TokenizedStories.load(tmp_path / "c", mmap=False), written)
+
+
+def test_a_second_call_reads_the_cache_without_tokenizing(tokenizer, train_stories, tmp_path, monkeypatch):
+    first = tokenize_cached(tokenizer, train_stories, tmp_path)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(TokenizedStories, "write", no_build)
+    assert _same(tokenize_cached(tokenizer, train_stories, tmp_path), first)
+    with pytest.raises(AssertionError):  # other stories: another cache
+        tokenize_cached(tokenizer, train_stories[:5], tmp_path)
+
+
+def _drop_meta(folder):
+    (folder / "meta.json").unlink()
+
+
+def _truncate_tokens(folder):
+    with open(folder / "tokens.npy", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 10)
+
+
+def _drop_offsets(folder):
+    (folder / "offsets.npy").unlink()
+
+
+def _wrong_counts(folder):
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "tokens": meta["tokens"] + 1}))
+
+
+@pytest.mark.parametrize("damage", [_drop_meta, _truncate_tokens, _drop_offsets, _wrong_counts])
+def test_a_damaged_cache_folder_is_rebuilt(tokenizer, train_stories, tmp_path, damage):
+    tokenize_cached(tokenizer, train_stories, tmp_path)
+    [folder] = _cache_folders(tmp_path)
+    damage(folder)
+    with pytest.raises(CacheError):
+        TokenizedStories.load(folder)
+    rebuilt = tokenize_cached(tokenizer, train_stories, tmp_path)
+    assert _same(rebuilt, TokenizedStories.build(tokenizer, train_stories))
+    assert _cache_folders(tmp_path) == [folder] and _same(TokenizedStories.load(folder), rebuilt)
+
+
+def test_a_crash_while_tokenizing_leaves_no_cache_behind(tokenizer, train_stories, tmp_path):
+    def stories_then_crash():
+        yield from train_stories[:10]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        TokenizedStories.write(tmp_path / "tokens-x", tokenizer, stories_then_crash(), batch=4)
+    assert list(tmp_path.iterdir()) == []  # neither a half cache nor its temp folder
+
+
+# ----------------------------------------------------------------------------------------------- streaming
+
+
+def test_a_streamed_hub_dataset_gives_the_stories_a_download_gives(monkeypatch):
+    rows = read_rows("train") + read_rows("valid")  # "train" only, like TinyStories-GPT4: split by hash
+    calls = serve_dataset(monkeypatch, {"train": rows})
+    for split in ("train", "valid"):
+        streamed, report = load_stories("someone/stories", split, valid_fraction=0.3, streaming=True)
+        downloaded, _ = load_stories("someone/stories", split, valid_fraction=0.3)
+        assert streamed == downloaded and report.stories == len(streamed)
+        assert [s.text for s in streamed] == [r["story"] for r in rows
+                                              if in_valid_split(r["story"], 0.3) == (split == "valid")]
+    assert ("load_dataset", "someone/stories", "train", True) in calls
+
+
+def test_iter_stories_reads_no_further_than_max_stories(tmp_path):
+    rows = read_rows("train")
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:5]) + "not json\n" * 3)
+    report = LoadReport(str(path), "train")
+    assert [s.text for s in iter_stories(path.parent, "train", max_stories=5, report=report)] == [
+        r["story"] for r in rows[:5]]
+    assert not report.skipped  # the bad rows after the fifth story were never read
+
+
+def test_a_streamed_source_is_tokenized_into_the_cache_and_reused_without_the_hub(tokenizer, tmp_path, monkeypatch):
+    rows = read_rows("train") + read_rows("valid")
+    calls = serve_dataset(monkeypatch, {"train": rows})
+    data, report = tokenize_source_cached(tokenizer, "someone/stories", "valid", tmp_path, valid_fraction=0.3)
+    assert calls[-1] == ("load_dataset", "someone/stories", "train", True)
+    expected = load_stories("someone/stories", "valid", valid_fraction=0.3)[0]
+    assert isinstance(data.tokens, np.memmap) and _same(data, TokenizedStories.build(tokenizer, expected))
+    hub_unreachable(monkeypatch)
+    again, report_again = tokenize_source_cached(tokenizer, "someone/stories", "valid", tmp_path, valid_fraction=0.3)
+    assert _same(again, data) and str(report_again) == str(report) == f"{len(expected)} valid stories from someone/stories"
+    with pytest.raises(DataError, match="cannot read dataset"):  # other arguments: another cache, read afresh
+        tokenize_source_cached(tokenizer, "someone/stories", "valid", tmp_path, valid_fraction=0.5)
+
+
+def test_a_local_source_is_re_read_when_its_file_changes(tokenizer, tmp_path):
+    rows = read_rows("train")
+    path = tmp_path / "data" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    first, report = tokenize_source_cached(tokenizer, path.parent, "train", tmp_path / "cache")
+    assert len(first) == report.stories == 20
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    second, report = tokenize_source_cached(tokenizer, path.parent, "train", tmp_path / "cache")
+    assert len(second) == 40 and report.skipped == {"malformed JSON": 1}
+
+
+def test_a_streamed_source_without_usable_stories_is_a_data_error_and_caches_nothing(tokenizer, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"story": ""}\n')
+    with pytest.raises(DataError, match="no usable stories"):
+        tokenize_source_cached(tokenizer, tmp_path, "train", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())

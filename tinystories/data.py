@@ -4,6 +4,9 @@ Loading: one function for a Hub dataset id (default `skeskinen/TinyStories-GPT4`
 files and folders with the same columns (`story`, `features`). Bad rows are skipped and counted, never fatal,
 unless nothing usable remains.
 
+Tokens: every story once, as a flat uint16 array cached on disk (a folder of .npy files, memory-mapped on load,
+written batch by batch): the 2.7M-story dataset is neither held in RAM nor re-tokenized on the next run.
+
 Windows: the seed's two tag insertion approaches.
   approach 1: [BOS] tags story [EOS] is one sequence; windows slide over it, so the tags leave the context.
   approach 2: every window starts with [BOS] tags (pinned), then the next slice of the story.
@@ -11,14 +14,18 @@ Windows: the seed's two tag insertion approaches.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
+import shutil
+import tempfile
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -33,6 +40,10 @@ _SPECIAL_TEXT = re.compile(r"\[(PAD|BOS|EOS|TAG_\d+)\]")
 
 class DataError(ValueError):
     """No usable stories in a data source, or a source that cannot be read."""
+
+
+class CacheError(ValueError):
+    """A token cache folder that is missing, half written or damaged: tokenize_cached rebuilds it."""
 
 
 @dataclass
@@ -68,21 +79,26 @@ def in_valid_split(text: str, valid_fraction: float) -> bool:
     return zlib.crc32(text.encode("utf-8")) % 10_000 < valid_fraction * 10_000
 
 
-def load_stories(
+def iter_stories(
     source: str | os.PathLike = DEFAULT_DATASET,
     split: str = "train",
     max_stories: int | None = None,
     valid_fraction: float = 0.01,
     streaming: bool = False,
-) -> tuple[list[Story], LoadReport]:
-    """Stories with their tags from a local file/folder or a Hub dataset id.
+    report: LoadReport | None = None,
+) -> Iterator[Story]:
+    """Stories with their tags, one at a time, from a local file/folder or a Hub dataset id.
 
     `split` is "train" or "valid". A folder's files are matched by name (train*, valid*/validation*/test*); a
-    source with no valid split is split deterministically by a hash of each story (`valid_fraction`).
+    source with no valid split is split deterministically by a hash of each story (`valid_fraction`), so a
+    streamed source splits exactly as a downloaded one. `streaming=True` reads a Hub dataset as a stream
+    (`datasets.load_dataset(..., streaming=True)`: nothing is downloaded whole); local files are always read
+    lazily (a .json array file is the exception: it is parsed whole). Skipped rows are counted in `report`.
+    The source is opened (and checked) at the call, the rows are read as the iterator is consumed.
     """
     if split not in _SPLIT_NAMES:
         raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
-    report = LoadReport(source=str(source), split=split)
+    report = report if report is not None else LoadReport(source=str(source), split=split)
     path = Path(source)
     if path.exists():
         rows, hash_split = _local_rows(path, split)
@@ -90,17 +106,32 @@ def load_stories(
         raise DataError(f"data source {source} does not exist (give a .jsonl/.json/.parquet file, a folder, or a Hub id)")
     else:
         rows, hash_split = _hub_rows(str(source), split, streaming)
-    stories = []
+    return _stories(rows, hash_split, split, max_stories, valid_fraction, report)
+
+
+def _stories(rows, hash_split: bool, split: str, max_stories, valid_fraction: float, report: LoadReport):
     for row in rows:
+        if max_stories is not None and report.stories >= max_stories:
+            return  # before the next row is read: a stream is never read further than needed
         story = _clean_row(row, report)
         if story is None:
             continue
         if hash_split and in_valid_split(story.text, valid_fraction) != (split == "valid"):
             continue
-        stories.append(story)
-        if max_stories is not None and len(stories) >= max_stories:
-            break
-    report.stories = len(stories)
+        report.stories += 1
+        yield story
+
+
+def load_stories(
+    source: str | os.PathLike = DEFAULT_DATASET,
+    split: str = "train",
+    max_stories: int | None = None,
+    valid_fraction: float = 0.01,
+    streaming: bool = False,
+) -> tuple[list[Story], LoadReport]:
+    """All stories of `iter_stories` as a list, and what was skipped; DataError if none is usable."""
+    report = LoadReport(source=str(source), split=split)
+    stories = list(iter_stories(source, split, max_stories, valid_fraction, streaming, report))
     if not stories:
         raise DataError(f"no usable stories in {source} ({split} split): {report}")
     return stories, report
@@ -129,7 +160,8 @@ def _file_rows(path: Path) -> Iterator:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path).to_pylist()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):  # row groups, not the whole table
+            yield from batch.to_pylist()
         return
     with open(path, encoding="utf-8", errors="replace") as f:
         first = f.read(1)
@@ -161,9 +193,12 @@ def _hub_rows(repo_id: str, split: str, streaming: bool) -> tuple[Iterator, bool
         splits = datasets.get_dataset_split_names(repo_id)
     except Exception as e:  # offline, missing repo, private repo...
         raise DataError(f"cannot read dataset {repo_id!r} from the Hugging Face Hub: {e}") from None
-    name = next((n for n in _SPLIT_NAMES[split] if n in splits), None)
-    hash_split = name is None
-    ds = datasets.load_dataset(repo_id, split=name or "train", streaming=streaming)
+    valid_name = next((n for n in _SPLIT_NAMES["valid"] if n in splits), None)
+    if valid_name is None:  # no valid split (TinyStories-GPT4 has "train" only): both come from it, by hash
+        name, hash_split = ("train" if "train" in splits else splits[0]), True
+    else:
+        name, hash_split = ("train" if split == "train" else valid_name), False
+    ds = datasets.load_dataset(repo_id, split=name, streaming=streaming)
     return iter(ds), hash_split
 
 
@@ -200,11 +235,16 @@ def encode_stories(tokenizer, stories: list[Story]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+CACHE_VERSION = 2  # 1: one .npz per cache (tokens-*.npz files: ignored now, safe to delete); 2: a folder of .npy
+
+
 @dataclass
 class TokenizedStories:
     """All stories as one flat uint16 token array + offsets, and each story's tags as a bit mask.
 
-    Compact (2 bytes a token) and memory-mappable, so the real 2.7M-story dataset fits too.
+    Compact (2 bytes a token) and memory-mappable: `load(folder)` opens the arrays with np.load(mmap_mode="r"),
+    so the 2.7M-story dataset (~0.5G tokens) is paged in from disk as windows are cut, never read into RAM.
+    The arrays may be read-only memmaps: nothing downstream writes to them.
     """
 
     tokens: np.ndarray  # uint16 [total tokens]
@@ -224,44 +264,205 @@ class TokenizedStories:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def head(self, n: int) -> "TokenizedStories":
+        """The first n stories (views, no copy)."""
+        n = min(n, len(self))
+        return TokenizedStories(self.tokens[: self.offsets[n]], self.offsets[: n + 1], self.tag_bits[:n])
+
+    def token_counts(self, minlength: int = 0, chunk: int = 1 << 24) -> np.ndarray:
+        """How often each id occurs; in chunks, as np.bincount would copy a whole memmap to int64 first."""
+        counts = np.zeros(minlength, dtype=np.int64)
+        for i in range(0, len(self.tokens), chunk):
+            c = np.bincount(self.tokens[i : i + chunk], minlength=minlength)
+            if len(c) > len(counts):
+                counts = np.pad(counts, (0, len(c) - len(counts)))
+            counts[: len(c)] += c
+        return counts
+
     @classmethod
     def build(cls, tokenizer, stories: list[Story], batch: int = 2048) -> "TokenizedStories":
+        """Tokenize in memory (small sets: tests, evaluation). `write` builds a cache folder in bounded memory."""
         ids: list[list[int]] = []
         for i in range(0, len(stories), batch):
             ids += encode_stories(tokenizer, stories[i : i + batch])
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         tokens = np.fromiter((t for x in ids for t in x), dtype=np.uint16, count=int(offsets[-1]))
-        bits = np.array([sum(1 << TAGS.index(t) for t in s.tags) for s in stories], dtype=np.uint8)
-        return cls(tokens, offsets, bits)
+        return cls(tokens, offsets, _tag_bits(stories))
 
-    def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, tokens=self.tokens, offsets=self.offsets, tag_bits=self.tag_bits)
-        os.replace(tmp, path)
+    # --- on disk: a folder tokens.npy + offsets.npy + tag_bits.npy + meta.json, written atomically
+
+    def save(self, path: str | os.PathLike, meta: dict | None = None) -> None:
+        with _atomic_folder(Path(path)) as tmp:
+            for name in ("tokens", "offsets", "tag_bits"):
+                np.save(tmp / f"{name}.npy", getattr(self, name))
+            _write_meta(tmp, len(self), len(self.tokens), meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TokenizedStories":
-        z = np.load(path)
-        return cls(z["tokens"], z["offsets"], z["tag_bits"])
+    def write(cls, path: str | os.PathLike, tokenizer, stories: Iterable[Story], batch: int = 2048,
+              meta: dict | Callable[[], dict] | None = None) -> "TokenizedStories":
+        """Tokenize `stories` (any iterable: a list, a file read lazily, a Hub stream) into a cache folder.
+
+        Memory stays bounded: each batch's tokens are appended to tokens.npy (whose header, written first with
+        shape (0,), is rewritten with the final length: numpy pads .npy headers for exactly this), and only the
+        per-story lengths and tag bits (9 bytes a story) are kept. Returns the folder, memory-mapped.
+        Parallelism: the fast tokenizer's batch call already encodes on every core (Rust threads), so
+        datasets.map(num_proc=...) would add processes and pickling for no gain, and a stream has no num_proc.
+        `meta`: extra meta.json entries, or a function that gives them once the stories are read.
+        Raises DataError, and leaves nothing behind, if `stories` is empty.
+        """
+        path = Path(path)
+        lengths, bits = [], []
+        with _atomic_folder(path) as tmp:
+            with open(tmp / "tokens.npy", "wb") as f:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint16)), "fortran_order": False}
+                np.lib.format.write_array_header_1_0(f, {**header, "shape": (0,)})
+                data_start = f.tell()
+                stories = iter(stories)
+                while chunk := list(itertools.islice(stories, batch)):
+                    ids = encode_stories(tokenizer, chunk)
+                    n = np.array([len(x) for x in ids], dtype=np.int64)
+                    np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16, count=int(n.sum())).tofile(f)
+                    lengths.append(n)
+                    bits.append(_tag_bits(chunk))
+                if not lengths:
+                    raise DataError(f"no stories to tokenize into {path}")
+                n_tokens = (f.tell() - data_start) // 2
+                f.seek(0)
+                np.lib.format.write_array_header_1_0(f, {**header, "shape": (n_tokens,)})
+                assert f.tell() == data_start, "the .npy header changed length"
+            lengths = np.concatenate(lengths)
+            np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+            np.save(tmp / "tag_bits.npy", np.concatenate(bits))
+            _write_meta(tmp, len(lengths), n_tokens, meta() if callable(meta) else meta)
+        return cls.load(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True) -> "TokenizedStories":
+        """Open a cache folder (memory-mapped unless mmap=False). CacheError if it is incomplete or damaged."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "meta.json").read_text())  # written last: no meta, no finished cache
+            arrays = [np.load(path / f"{name}.npy", mmap_mode="r" if mmap else None)
+                      for name in ("tokens", "offsets", "tag_bits")]
+        except (OSError, ValueError) as e:  # missing files; a truncated .npy ("mmap length is greater...")
+            raise CacheError(f"token cache {path} is incomplete or damaged: {e}") from None
+        data = cls(*arrays)
+        n, n_tokens = meta.get("stories"), meta.get("tokens")
+        if (meta.get("version") != CACHE_VERSION or data.tokens.dtype != np.uint16 or data.tokens.shape != (n_tokens,)
+                or data.offsets.shape != (n + 1,) or data.tag_bits.shape != (n,)
+                or data.offsets[0] != 0 or data.offsets[-1] != n_tokens):
+            raise CacheError(f"token cache {path} does not match its meta.json {meta}")
+        return data
+
+
+def _tag_bits(stories: list[Story]) -> np.ndarray:
+    return np.array([sum(1 << TAGS.index(t) for t in s.tags) for s in stories], dtype=np.uint8)
+
+
+def _write_meta(folder: Path, stories: int, tokens: int, meta: dict | None) -> None:
+    info = {"version": CACHE_VERSION, "stories": stories, "tokens": tokens, **(meta or {})}
+    (folder / "meta.json").write_text(json.dumps(info, indent=1))
+
+
+@contextmanager
+def _atomic_folder(path: Path):
+    """Yield a temp folder next to `path`; if the block succeeds it becomes `path` (a rename), else it is removed.
+
+    A crash leaves at worst a `.NAME.*.tmp` folder, which is never loaded; never a half-written `path`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError:  # a folder is in the way: a damaged cache, or another process just finished the same one
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cache_key(tokenizer, *parts) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}".encode())
+    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else repr(part).encode())
+    return h.hexdigest()[:16]
+
+
+def _load_or_build(path: Path, build) -> TokenizedStories:
+    if path.exists():
+        try:
+            return TokenizedStories.load(path)
+        except CacheError:
+            pass  # a damaged cache: build it again (the rename replaces it)
+    return build()
 
 
 def tokenize_cached(tokenizer, stories: list[Story], cache_dir: str | os.PathLike | None) -> TokenizedStories:
-    """Tokenize once; later runs on the same stories and tokenizer read the cached array."""
+    """Tokenize once; later runs on the same stories and tokenizer open the cached folder, memory-mapped.
+
+    The cache is keyed by the tokenizer and every story's text and tags. Caches from before the folder format
+    (tokens-*.npz) are not read: they are rebuilt as folders, and the old files can be deleted.
+    """
     if cache_dir is None:
         return TokenizedStories.build(tokenizer, stories)
-    h = hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode())
+    h = hashlib.sha1()
     for s in stories:
         h.update(s.text.encode())
         h.update(",".join(s.tags).encode() + b"\0")
-    path = Path(cache_dir) / f"tokens-{h.hexdigest()[:16]}.npz"
-    if path.exists():
-        return TokenizedStories.load(path)
-    data = TokenizedStories.build(tokenizer, stories)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data.save(path)
-    return data
+    path = Path(cache_dir) / f"tokens-{_cache_key(tokenizer, h.digest())}"
+    return _load_or_build(path, lambda: TokenizedStories.write(path, tokenizer, stories))
+
+
+def tokenize_source_cached(
+    tokenizer,
+    source: str | os.PathLike,
+    split: str,
+    cache_dir: str | os.PathLike,
+    max_stories: int | None = None,
+    valid_fraction: float = 0.01,
+    streaming: bool = True,
+) -> tuple[TokenizedStories, LoadReport]:
+    """The stories of a source, tokenized straight from `iter_stories` into a cache folder (memory-mapped).
+
+    The stories are never all in memory, so the key cannot be their text: it is (source, split, max_stories,
+    valid_fraction, tokenizer), plus each local file's size and modification time. The cache is checked before
+    the source is opened, so a second run with the same arguments reads neither the files nor the network.
+    A Hub dataset that changes under the same id is not noticed: delete the cache folder to re-read it.
+    """
+    files = _local_files(Path(source)) if Path(source).exists() else []
+    stamps = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = _cache_key(tokenizer, "source", str(source), split, max_stories, valid_fraction, stamps)
+    path = Path(cache_dir) / f"tokens-{key}"
+
+    def build() -> TokenizedStories:
+        report = LoadReport(source=str(source), split=split)
+        stories = iter_stories(source, split, max_stories, valid_fraction, streaming, report)
+        first = next(stories, None)
+        if first is None:
+            raise DataError(f"no usable stories in {source} ({split} split): {report}")
+        return TokenizedStories.write(path, tokenizer, itertools.chain([first], stories),
+                                      meta=lambda: {"report": _report_dict(report)})
+
+    data = _load_or_build(path, build)
+    meta = json.loads((path / "meta.json").read_text())
+    return data, _report_from_dict(meta["report"])
+
+
+def _local_files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in DATA_EXTENSIONS)
+
+
+def _report_dict(report: LoadReport) -> dict:
+    return {"source": report.source, "split": report.split, "stories": report.stories,
+            "skipped": dict(report.skipped), "dropped_features": dict(report.dropped_features)}
+
+
+def _report_from_dict(d: dict) -> LoadReport:
+    return LoadReport(d["source"], d["split"], d["stories"], Counter(d["skipped"]), Counter(d["dropped_features"]))
 
 
 # ----------------------------------------------------------------------------------------------- windows
@@ -354,7 +555,7 @@ class WindowDataset:
 
     def _window_counts(self) -> np.ndarray:
         # mirrors windows(): body length n (+ tags for approach 1); windows start every `stride` tokens
-        n_tags = np.array([bin(b).count("1") for b in self.data.tag_bits])
+        n_tags = np.unpackbits(np.asarray(self.data.tag_bits, dtype=np.uint8)[:, None], axis=1).sum(1, dtype=np.int64)
         if self.approach == 1:
             body = self.data.lengths + 1 + n_tags + 1
             room = np.full(len(body), self.context)
