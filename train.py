@@ -4,6 +4,14 @@
     python train.py --preset seed                        # the seed's own run: arch seed, 90k stories, 10 epochs
     python train.py --data ../shared/data --approach 1 --arch decoder --epochs 2 --out checkpoints/mine
     torchrun --nproc_per_node 4 train.py --preset approach2 --device cuda   # data-parallel, no code change
+    python train.py --data skeskinen/TinyStories-GPT4 --streaming --device cuda   # the 2.7M stories, streamed
+
+The stories are tokenized once into a memory-mapped cache ($TINYSTORIES_CACHE, default ~/.cache/tinystories).
+--streaming reads the source as a stream (a Hub dataset through datasets' streaming=True: never downloaded
+whole, never held in memory) and tokenizes it batch by batch into that cache; its cache is keyed by the
+arguments (data, split, --max-stories/--valid-stories, tokenizer), so a second run starts from the cache
+without opening the source or the network. Without it the stories are loaded into a list first and the cache
+is keyed by their text.
 
 Presets fill in defaults; flags given on the command line win. The checkpoint folder (--out) is written
 atomically every --save-every steps and after each epoch; --resume continues from it, optimizer included.
@@ -24,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinystories.data import DEFAULT_DATASET, DataError, WindowDataset, collate, load_stories, tokenize_cached
+from tinystories.data import (DEFAULT_DATASET, DataError, WindowDataset, collate, load_stories, tokenize_cached,
+                              tokenize_source_cached)
 from tinystories.evaluate import nats_per_story
 from tinystories.hub import CheckpointError, load_model, push_folder, save_checkpoint
 from tinystories.model import ConfigError, TinyStoriesConfig, TinyStoriesModel
@@ -54,7 +63,8 @@ DEFAULTS = dict(data=DEFAULT_DATASET, approach=2, arch="decoder", epochs=1, lr=N
                 max_stories=None, valid_stories=None, device="auto", out="checkpoints/run", seed=0, d_model=256,
                 n_heads=8, n_layers=6, d_ff=1024, dropout=0.0, cutoffs="2000,10000", optimizer="adamw",
                 weight_decay=0.1, schedule="cosine", warmup=100, grad_clip=1.0, max_steps=None, max_minutes=None,
-                save_every=500, eval_stories=None, threads=None, storage_dtype="float16", log_every=20)
+                save_every=500, eval_stories=None, threads=None, storage_dtype="float16", log_every=20,
+                streaming=False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--context", type=int, help="window length in tokens (seed: 50; decoder: 64)")
     a("--max-stories", type=int, help="use at most this many training stories")
     a("--valid-stories", type=int, help="use at most this many validation stories")
+    a("--streaming", action="store_true", help="stream the data (a Hub dataset is never downloaded whole) and "
+      "tokenize it straight into the memory-mapped cache; later runs with the same data flags reuse the cache "
+      "without opening the source")
     a("--device", choices=["auto", "cpu", "cuda", "mps"])
     a("--out", help="checkpoint folder to write (and --resume from)")
     a("--resume", action="store_true", default=False, help="continue from the checkpoint in --out")
@@ -243,34 +256,35 @@ def main(argv=None) -> int:
         tokenizer = build_tokenizer()
         model = None
 
-    # --- data, tokenized once and cached
+    # --- data, tokenized once into a memory-mapped cache (rank 0 writes it; then the others read it)
+    cache = Path(os.environ.get("TINYSTORIES_CACHE", Path.home() / ".cache" / "tinystories"))
     try:
-        train_stories, train_report = load_stories(args.data, "train", args.max_stories)
-        valid_stories, valid_report = load_stories(args.data, "valid", args.valid_stories)
+        if world > 1 and not main_process:
+            torch.distributed.barrier()
+        if args.streaming:
+            train_data, train_report = tokenize_source_cached(tokenizer, args.data, "train", cache, args.max_stories)
+            valid_data, valid_report = tokenize_source_cached(tokenizer, args.data, "valid", cache, args.valid_stories)
+        else:
+            train_stories, train_report = load_stories(args.data, "train", args.max_stories)
+            valid_stories, valid_report = load_stories(args.data, "valid", args.valid_stories)
+            train_data = tokenize_cached(tokenizer, train_stories, cache)
+            valid_data = tokenize_cached(tokenizer, valid_stories, cache)
+            del train_stories, valid_stories
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if world > 1 and main_process:
+            torch.distributed.barrier()
     say(train_report)
     say(valid_report)
-    cache = Path(os.environ.get("TINYSTORIES_CACHE", Path.home() / ".cache" / "tinystories"))
-    if world > 1 and not main_process:
-        torch.distributed.barrier()  # rank 0 tokenizes and writes the cache; then the others read it
-    train_data = tokenize_cached(tokenizer, train_stories, cache)
-    valid_data = tokenize_cached(tokenizer, valid_stories, cache)
-    if world > 1 and main_process:
-        torch.distributed.barrier()
     if args.eval_stories:
-        idx = min(args.eval_stories, len(valid_data))
-        from tinystories.data import TokenizedStories
-
-        valid_data = TokenizedStories(valid_data.tokens[: valid_data.offsets[idx]], valid_data.offsets[: idx + 1],
-                                      valid_data.tag_bits[:idx])
-    del train_stories, valid_stories
+        valid_data = valid_data.head(args.eval_stories)
 
     if model is None:
         model = TinyStoriesModel(config)
         if config.arch == "decoder":
-            model.decoder.output.set_token_counts(np.bincount(train_data.tokens, minlength=config.vocab_size))
+            model.decoder.output.set_token_counts(train_data.token_counts(config.vocab_size))
     model.to(device).train()
     n_params = model.num_params()
     say(f"model: {config.arch}, approach {config.approach}, context {config.context}, {n_params:,} parameters, device {device}")

@@ -6,7 +6,8 @@ import torch
 from huggingface_hub import HfApi
 
 import train
-from conftest import tiny_train_args
+from conftest import read_rows, tiny_train_args
+from fake_hub_datasets import hub_unreachable, serve_dataset
 from tinystories import TinyStoriesModel, load_model, load_stories
 from tinystories.data import TokenizedStories
 from tinystories.evaluate import nats_per_story
@@ -104,3 +105,30 @@ def test_a_bad_model_shape_is_refused_before_loading_data(tmp_path, capsys):
     assert train.main(["--d-model", "30", "--n-heads", "4", "--data", str(tmp_path / "x.jsonl"),
                        "--out", str(tmp_path / "out")]) == 2
     assert "not divisible" in capsys.readouterr().err
+
+
+def test_streaming_trains_from_a_hub_stream_and_a_second_run_needs_no_hub(tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setenv("TINYSTORIES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(train, "build_tokenizer", lambda *a, **k: tokenizer)
+    calls = serve_dataset(monkeypatch, {"train": read_rows("train"), "validation": read_rows("valid")})
+    args = [*map(str, tiny_train_args(2, tmp_path / "first", steps=3)), "--data", "someone/tiny-stories", "--streaming"]
+    assert train.main(args) == 0
+    assert {c for c in calls if c[0] == "load_dataset"} == {("load_dataset", "someone/tiny-stories", "train", True),
+                                                          ("load_dataset", "someone/tiny-stories", "validation", True)}
+    first = json.loads((tmp_path / "first" / "metrics.json").read_text())
+    assert (first["train_stories"], first["valid_stories"], first["steps"]) == (40, 10, 3)
+    assert load_model(tmp_path / "first").config.approach == 2
+
+    hub_unreachable(monkeypatch)  # the second run finds everything in the token cache
+    args[args.index(str(tmp_path / "first"))] = str(tmp_path / "second")
+    assert train.main(args) == 0
+    second = json.loads((tmp_path / "second" / "metrics.json").read_text())
+    assert second["valid_nats_per_token"] == first["valid_nats_per_token"]  # same data, same seed, same model
+    assert "40 train stories from someone/tiny-stories" in (tmp_path / "second" / "README.md").read_text()
+
+
+def test_streaming_is_documented_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--streaming" in out and "memory-mapped" in out
