@@ -296,6 +296,8 @@ def test_tokens_are_written_batch_by_batch_into_the_same_arrays(tokenizer, train
     written = TokenizedStories.write(tmp_path / "c", tokenizer, iter(train_stories), batch=7)
     assert _same(written, TokenizedStories.build(tokenizer, train_stories))
     assert _same(TokenizedStories.load(tmp_path / "c", mmap=False), written)
+    written.save(tmp_path / "saved")  # arrays in memory (or memmaps) saved as a folder of their own
+    assert _same(TokenizedStories.load(tmp_path / "saved"), written)
 
 
 def test_a_second_call_reads_the_cache_without_tokenizing(tokenizer, train_stories, tmp_path, monkeypatch):

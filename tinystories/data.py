@@ -293,6 +293,7 @@ class TokenizedStories:
     # --- on disk: a folder tokens.npy + offsets.npy + tag_bits.npy + meta.json, written atomically
 
     def save(self, path: str | os.PathLike, meta: dict | None = None) -> None:
+        """Write arrays already in memory as a cache folder (atomically, like `write`)."""
         with _atomic_folder(Path(path)) as tmp:
             for name in ("tokens", "offsets", "tag_bits"):
                 np.save(tmp / f"{name}.npy", getattr(self, name))
