@@ -2,7 +2,17 @@
 
     python app.py                                   # bundled checkpoints, http://127.0.0.1:7860
     python app.py --approach2 user/repo@main        # weights from the Hugging Face Hub
+    python app.py --threads 2                       # torch threads per story (default 1, or $TINYSTORIES_THREADS)
     python app.py --help
+
+Threads: generation runs with 1 torch thread (`torch.set_num_threads(1)` at start-up) unless `--threads N` or the
+environment variable TINYSTORIES_THREADS=N says otherwise. A story is one token at a time through a small model,
+so a second thread buys little even on an idle machine, and when two stories run at once (two users, or the
+Compare tab's pair next to another request) 2 threads each oversubscribe the 2 cores and everything slows down
+(numbers at DEFAULT_THREADS).
+
+Memory: `python scripts/app_memory.py` measures this process's resident memory with both bundled models
+(budget 600 MB); share_tokenizers, release_freed_memory and skip_gradio_matplotlib keep it down.
 
 All model work happens in the `tinystories` package. This file checks what a user (or an API client) sends,
 calls `stream_story`, and lays out the UI. It also runs unchanged as a Hugging Face Space (app_file: app.py).
@@ -10,6 +20,9 @@ calls `stream_story`, and lays out the UI. It also runs unchanged as a Hugging F
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 import math
@@ -21,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 import gradio as gr
+import torch
 
 from tinystories import (MAX_TOKENS, TAGS, CheckpointError, GenerationError, UnknownTagError, check_settings,
                          load_model, normalize_tags, stream_story)
@@ -45,6 +59,16 @@ RANGES = {"temperature": (0.0, 2.0), "top_p": (0.05, 1.0), "max_tokens": (1, MAX
 # model's judgement, with repetition still close to real stories); top-p 0.9 is the seed's.
 DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "max_tokens": MAX_TOKENS, "eos_bias_after": 200, "approach": 2}
 SEED_RANGE = 2**31  # a random seed is drawn below this, so it stays easy to copy
+
+# torch threads per story (torch.set_num_threads at start-up), unless --threads or $TINYSTORIES_THREADS says
+# otherwise. Measured on this project's 2-core CPU (compare_stories in fresh threads, tags Dialogue+Twist, seeds
+# 3 and 4, tokens of both stories / wall time, median of 5 alternating runs; another job kept ~1 core busy):
+#   1 thread:  one /compare 180 tokens/s, two /compare at once 191 tokens/s in all
+#   2 threads: one /compare 165 tokens/s, two /compare at once 149 tokens/s in all
+# (bench.py on a quiet machine: one story 176 tokens/s on 1 thread, 173 on 2.) Through HTTP, scripts/app_memory.py
+# --parallel 2 agrees in direction but swings 2x with the machine's load.
+THREADS_ENV = "TINYSTORIES_THREADS"
+DEFAULT_THREADS = 1
 
 
 def detect_tags(story: str) -> list[str] | None:
@@ -194,6 +218,48 @@ def compare_stories(tags, temperature, top_p, max_tokens, eos_bias_after, seed, 
 
 # --- loading weights and describing them
 
+# Memory (python scripts/app_memory.py: VmRSS of `python app.py` on the bundled weights, budget 600 MB): see
+# share_tokenizers, release_freed_memory and skip_gradio_matplotlib; outputs are unchanged by all three.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt")
+
+
+def _tokenizer_files(folder) -> dict[str, bytes]:
+    try:
+        return {name: (Path(folder) / name).read_bytes() for name in TOKENIZER_FILES if (Path(folder) / name).is_file()}
+    except OSError:
+        return {}
+
+
+def share_tokenizers(models: dict) -> int:
+    """Point models whose checkpoint folders carry byte-identical tokenizer files at one tokenizer object.
+
+    Both bundled checkpoints carry the same GPT-2 + specials tokenizer (~9.5 MB resident each once loaded), so
+    the second copy is dropped; identical files load identical tokenizers, so every story stays the same.
+    Tokenizers are only read (encode/decode, no padding or truncation), which is safe from two threads.
+    Returns how many copies were dropped.
+    """
+    kept: list[tuple[dict, object]] = []
+    dropped = 0
+    for model in models.values():
+        files = _tokenizer_files(getattr(model, "folder", ""))
+        same = next((tok for key, tok in kept if files and key == files), None)
+        if same is None:
+            kept.append((files, model.tokenizer))
+        elif model.tokenizer is not same:
+            model.tokenizer, dropped = same, dropped + 1
+    return dropped
+
+
+def release_freed_memory() -> None:
+    """Give memory freed during loading (the 16-bit state dicts, JSON parsing, a dropped tokenizer) back to the
+    OS: glibc keeps freed heap pages resident until malloc_trim. A no-op where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
 def model_sources(approach1: str | None = None, approach2: str | None = None, environ=os.environ) -> dict[int, str]:
     """Where each approach's weights come from: the CLI option, else its env var, else the bundled folder."""
     given = {1: approach1, 2: approach2}
@@ -304,8 +370,17 @@ def _controls(tab: str):
     return [tags, temperature, top_p, max_tokens, eos_bias_after, seed]
 
 
+def skip_gradio_matplotlib() -> None:
+    """Gradio wraps every request in utils.MatplotlibBackendMananger, which imports matplotlib (~25 MB resident)
+    to switch it to the agg backend; this app draws no plots, so the wrapper becomes a no-op (process-wide)."""
+    utils = getattr(gr, "utils", None)
+    if utils is not None and hasattr(utils, "MatplotlibBackendMananger"):
+        utils.MatplotlibBackendMananger = contextlib.nullcontext
+
+
 def build_demo(models: dict, notes: dict[int, str] | None = None) -> gr.Blocks:
     """The app for these loaded models ({approach: model}); `notes` are load problems to show in the Model tab."""
+    skip_gradio_matplotlib()
 
     # The API's parameter names are these functions' parameter names.
     def generate(tags, temperature, top_p, max_tokens, eos_bias_after, seed=None, approach=DEFAULTS["approach"]):
@@ -352,6 +427,24 @@ def build_demo(models: dict, notes: dict[int, str] | None = None) -> gr.Blocks:
     return demo
 
 
+def serving_threads(flag: int | None = None, environ=os.environ) -> int:
+    """Torch threads for generation: --threads, else $TINYSTORIES_THREADS, else DEFAULT_THREADS (1)."""
+    value = flag if flag is not None else environ.get(THREADS_ENV, "").strip() or DEFAULT_THREADS
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"{THREADS_ENV} (or --threads) must be a positive integer, got {value!r}")
+    return threads
+
+
+def apply_threads(threads: int) -> None:
+    """Set torch's intra-op threads for every thread that generates afterwards (Gradio's worker threads too:
+    each takes the process-wide setting on its first torch operation)."""
+    torch.set_num_threads(threads)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Serve the TinyStories app: tag-conditioned stories from approach 1 and 2, streamed.",
@@ -365,16 +458,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=None,
                    help="port (default: $GRADIO_SERVER_PORT, else the first free one from 7860)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=f"torch threads per story (default: ${THREADS_ENV}, else {DEFAULT_THREADS}: on a small CPU, "
+                        "1 thread per story is as fast alone and much faster when two stories run at once)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        threads = serving_threads(args.threads)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    apply_threads(threads)  # before loading: no torch work runs on the default thread count
+    log.info("generating with %d torch thread(s) per story", threads)
     models, notes = load_models(model_sources(args.approach1, args.approach2))
     if not models:
         print("error: no model could be loaded:\n  " + "\n  ".join(notes.values()), file=sys.stderr)
         return 2
+    share_tokenizers(models)
+    release_freed_memory()
     build_demo(models, notes).launch(server_name=args.host, server_port=args.port)
     return 0
 

@@ -279,3 +279,97 @@ def test_bad_values_through_the_api_get_a_readable_error_and_the_app_keeps_servi
         client.predict(**{**request, **bad}, api_name="/generate")
     assert message in str(error.value) and "Traceback" not in str(error.value)
     assert client.predict(**{**request, "max_tokens": 3}, api_name="/generate")[0]
+
+
+# --- serving settings: torch threads per story, memory
+
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def threads_in_a_new_thread() -> int:
+    """torch.get_num_threads() as a Gradio worker thread (started later, first torch call there) sees it."""
+    import threading
+
+    import torch
+
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    worker.start()
+    worker.join()
+    return seen[0]
+
+
+def test_threads_default_to_1_unless_the_flag_or_the_env_var_says_otherwise():
+    assert app.DEFAULT_THREADS == 1
+    assert app.serving_threads(None, environ={}) == 1
+    assert app.serving_threads(None, environ={"TINYSTORIES_THREADS": " 2 "}) == 2
+    assert app.serving_threads(3, environ={"TINYSTORIES_THREADS": "2"}) == 3  # the flag wins
+    for bad in ["0", "-1", "two", "1.5"]:
+        with pytest.raises(ValueError, match="TINYSTORIES_THREADS .* must be a positive integer"):
+            app.serving_threads(None, environ={"TINYSTORIES_THREADS": bad})
+
+
+@pytest.mark.parametrize("env, argv, expected", [(None, [], 1), ("2", [], 2), ("2", ["--threads", "1"], 1)])
+def test_startup_sets_torch_threads_before_loading_for_every_worker_thread(monkeypatch, restore_threads, env, argv,
+                                                                         expected):
+    import torch
+
+    torch.set_num_threads(2 if expected == 1 else 1)  # the opposite, so the test sees main() change it
+    if env is None:
+        monkeypatch.delenv("TINYSTORIES_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("TINYSTORIES_THREADS", env)
+    seen = {}
+
+    def load_models(sources):  # stop main() right after the point where it loads: no models, exit code 2
+        seen["main"], seen["worker"] = torch.get_num_threads(), threads_in_a_new_thread()
+        return {}, {1: "not loaded in this test"}
+
+    monkeypatch.setattr(app, "load_models", load_models)
+    assert app.main(argv) == 2
+    assert seen == {"main": expected, "worker": expected}
+
+
+def test_a_bad_thread_count_stops_startup_with_a_message(monkeypatch, capsys):
+    monkeypatch.setenv("TINYSTORIES_THREADS", "many")
+    monkeypatch.setattr(app, "load_models", lambda sources: pytest.fail("loaded despite a bad thread count"))
+    assert app.main([]) == 2
+    assert "TINYSTORIES_THREADS (or --threads) must be a positive integer, got 'many'" in capsys.readouterr().err
+
+
+def test_help_documents_threads(capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--threads N" in text and "TINYSTORIES_THREADS" in text
+
+
+def test_models_with_identical_tokenizer_files_share_one_tokenizer_and_stories_stay_the_same(models, tmp_path):
+    own = {a: m.tokenizer for a, m in models.items()}
+    before = {a: story(models, seed=5, approach=a) for a in (1, 2)}
+    try:
+        assert app.share_tokenizers(models) == (1 if own[1] is not own[2] else 0)
+        assert models[1].tokenizer is models[2].tokenizer  # the bundled folders carry the same tokenizer files
+        assert {a: story(models, seed=5, approach=a) for a in (1, 2)} == before
+    finally:
+        for a, tok in own.items():
+            models[a].tokenizer = tok
+    other = tmp_path / "other"  # different files: each keeps its own
+    other.mkdir()
+    (other / "tokenizer.json").write_text("{}")
+    apart = {1: SimpleNamespace(folder=models[1].folder, tokenizer=object()),
+             2: SimpleNamespace(folder=other, tokenizer=object())}
+    assert app.share_tokenizers(apart) == 0 and apart[1].tokenizer is not apart[2].tokenizer
+
+
+def test_requests_do_not_import_matplotlib_through_gradio():
+    import contextlib
+
+    app.skip_gradio_matplotlib()
+    assert gr.utils.MatplotlibBackendMananger is contextlib.nullcontext
