@@ -70,16 +70,16 @@ def test_a_benchmarked_story_has_exactly_the_tokens_it_is_timed_for(tokenizer, m
     torch.manual_seed(0)
     model = TinyStoriesModel(tiny_configs()["decoder"]).eval()
     model.tokenizer = tokenizer
-    real_next = gen._Reader.next_log_probs
+    real_next = gen._Reader.next_token
 
     def eager_to_stop(self):
-        lp = real_next(self).clone()
-        lp[EOS_ID] = 0.0  # log 1: [EOS] is all but certain
-        return lp
+        dist = real_next(self)
+        dist.adjust(EOS_ID, 100.0)  # [EOS] all but certain
+        return dist
 
     appended = []
     real_append = gen._Reader.append
-    monkeypatch.setattr(gen._Reader, "next_log_probs", eager_to_stop)
+    monkeypatch.setattr(gen._Reader, "next_token", eager_to_stop)
     monkeypatch.setattr(gen._Reader, "append", lambda self, t: (appended.append(t), real_append(self, t)))
     result = bench.bench_generation(model, tokens=25, stories=2, device=torch.device("cpu"))
     assert result["story_tokens"] == 25

@@ -23,18 +23,14 @@ gen = importlib.import_module("tinystories.generate")  # the module (the package
 def sampled(monkeypatch):
     """Records every token the sampler picks, and the log-probabilities the model gave at that step."""
     tokens, log_probs = [], []
-    real_sample, real_next = gen.sample_token, gen._Reader.next_log_probs
+    real_sample = gen.NextToken.sample
 
-    def sample_token(logits, *args, **kwargs):
-        tokens.append(real_sample(logits, *args, **kwargs))
+    def sample(self, *args, **kwargs):
+        log_probs.append(self.log_probs())  # computes every cluster: changes no draw (test_generate_reference)
+        tokens.append(real_sample(self, *args, **kwargs))
         return tokens[-1]
 
-    def next_log_probs(self):
-        log_probs.append(real_next(self))
-        return log_probs[-1]
-
-    monkeypatch.setattr(gen, "sample_token", sample_token)
-    monkeypatch.setattr(gen._Reader, "next_log_probs", next_log_probs)
+    monkeypatch.setattr(gen.NextToken, "sample", sample)
     return tokens, log_probs
 
 
@@ -80,14 +76,13 @@ def test_an_eos_bias_from_the_first_token_gives_an_empty_story(approach2_model, 
 def test_the_eos_bias_grows_from_eos_bias_after(approach2_model, sampled, monkeypatch):
     tokens, log_probs = sampled
     seen = []
-    real = gen.sample_token  # the recording sampler from the fixture
+    real = gen.NextToken.sample  # the recording sampler from the fixture
 
-    def sample_token(logits, *args, **kwargs):
-        n = len(seen)
-        seen.append(float(logits[EOS_ID] - log_probs[n][EOS_ID]))  # the bias added to [EOS]
-        return real(logits, *args, **kwargs)
+    def sample(self, *args, **kwargs):
+        seen.append(float(self.scores()[EOS_ID] - self.log_probs()[EOS_ID]))  # the bias added to [EOS]
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(gen, "sample_token", sample_token)
+    monkeypatch.setattr(gen.NextToken, "sample", sample)
     generate(approach2_model, [], seed=1, max_tokens=6, eos_bias_after=3, temperature=0)
     assert len(seen) == 6
     assert seen == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3], abs=1e-5)

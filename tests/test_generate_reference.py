@@ -1,12 +1,18 @@
 """Generation is exactly reproducible: a fixed seed gives the very story recorded in
 tests/fixtures/generation_reference.json, token for token and stream step for stream step.
 
-The reference was recorded with the straightforward generation code (a full softmax, a full sort of all 50,266
-probabilities for top-p, the whole story re-decoded by the tokenizer after every token), before generation was
-made fast; so these tests prove that the speed-ups changed no story. Regenerate the file only when the sampling
-rule itself changes on purpose:
+The reference was recorded with the straightforward generation code: every token's log-probability computed
+(all adaptive-softmax clusters), the sampling rule applied by `spec_sample_token` below (float64 weights, a
+stable sort of all 50,266 scores, a cumulative sum), and the whole story re-decoded by the tokenizer after every
+token. So these tests prove that the speed-ups (clusters computed only when the draw needs them, sorting only a
+candidate set, incremental decoding) changed no story. Regenerate the file only when the sampling rule itself
+changes on purpose:
 
     python tests/test_generate_reference.py
+
+History: the rule was first written with float32 probabilities; it was restated in float64 (so that bounds can
+decide the nucleus exactly) and the reference re-recorded. Stories of trained models at the default settings
+came out the same; float32 rounding had made top_p >= 0.99 drop a few of the least likely tokens.
 """
 from __future__ import annotations
 
@@ -101,11 +107,19 @@ def run_case(model, case: dict) -> dict:
 
 
 def record(tokenizer) -> list[dict]:
+    """The reference stories, made with the specification: every cluster computed, spec_sample_token, and the
+    whole story decoded by the tokenizer at every step."""
     models = {}
     out = []
-    for case in CASES:
-        model = models.get(case["model"]) or models.setdefault(case["model"], make_model(case["model"], tokenizer))
-        out.append(dict(case=case, **run_case(model, case)))
+    real_sample, real_append = gen.NextToken.sample, gen._StoryText.append
+    gen.NextToken.sample = lambda self, t, p, g: spec_sample_token(self.scores(), t, p, g)
+    gen._StoryText.append = lambda self, token, story: self.tokenizer.decode(story)
+    try:
+        for case in CASES:
+            model = models.get(case["model"]) or models.setdefault(case["model"], make_model(case["model"], tokenizer))
+            out.append(dict(case=case, **run_case(model, case)))
+    finally:
+        gen.NextToken.sample, gen._StoryText.append = real_sample, real_append
     return out
 
 
@@ -160,16 +174,18 @@ def test_a_generation_step_embeds_its_token_exactly_as_a_batch_does(models):
         assert torch.equal(one, batched), rank
 
 
-def full_sort_sample_token(logits, temperature, top_p, generator) -> int:
-    """The sampler as first written, the specification: softmax, a full sort, cumulative sum, draw."""
-    if temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, -1)
-    sorted_probs, order = probs.sort(descending=True)
-    cum = sorted_probs.cumsum(0)
-    keep = (cum - sorted_probs) < top_p
-    keep[0] = True
-    kept = sorted_probs[keep]
+def spec_sample_token(scores, temperature, top_p, generator) -> int:
+    """The sampling rule, written as plainly as possible (see tinystories.generate.NextToken): the specification."""
+    scores = scores.float()
+    if temperature < 1e-6:
+        return int(scores.argmax())  # the first (lowest id) of the best
+    m = float(scores.max())
+    w = torch.exp((scores.double() - m) / temperature)
+    z = float(w.sum())
+    _, order = scores.sort(descending=True, stable=True)  # ties: lower id first
+    cum = w[order].cumsum(0)
+    keep = torch.cat([torch.tensor([True]), cum[:-1] < top_p * z])
+    kept = w[order][keep]
     return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
 
 
@@ -183,25 +199,111 @@ def logits_like(kind: str, trial: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["peaked", "very-peaked", "flat", "ties"])
-def test_fast_top_p_draws_exactly_what_a_full_sort_draws(kind):
+def test_fast_top_p_draws_exactly_what_the_spec_draws(kind):
     """Same token and the same generator state afterwards (so the rest of the story is the same too)."""
     for trial in range(4):
         logits = logits_like(kind, trial)
         for temperature, top_p in [(1.0, 0.9), (1.0, 0.5), (0.7, 0.95), (1.3, 0.9), (1.0, 0.0), (1.0, 0.997),
-                                   (1.0, 1.0)]:
+                                   (1.0, 1.0), (0.0, 0.9)]:
             fast, full = torch.Generator().manual_seed(trial), torch.Generator().manual_seed(trial)
-            assert gen.sample_token(logits, temperature, top_p, fast) == full_sort_sample_token(
+            assert gen.sample_token(logits, temperature, top_p, fast) == spec_sample_token(
                 logits, temperature, top_p, full), (kind, trial, temperature, top_p)
             assert torch.equal(fast.get_state(), full.get_state())
 
 
-def test_the_cheap_top_p_path_is_taken_for_a_peaked_distribution(monkeypatch):
+def test_only_a_candidate_set_is_sorted_for_a_peaked_distribution(monkeypatch):
     """Otherwise the equivalence above would hold trivially, by always sorting everything."""
     sorts = []
     real_sort = torch.Tensor.sort
     monkeypatch.setattr(torch.Tensor, "sort", lambda self, *a, **k: sorts.append(self.numel()) or real_sort(self, *a, **k))
     gen.sample_token(logits_like("very-peaked", 0), 1.0, 0.9, torch.Generator().manual_seed(0))
-    assert sorts == []
+    assert sorts and max(sorts) < 1000
+
+
+def adaptive_draws(model, settings, steps=40, force_full=False):
+    """Tokens drawn step by step from the model's distributions, under stream_story's adjustments; and how many
+    tail clusters each draw computed."""
+    output = model.decoder.output
+    g = torch.Generator().manual_seed(1)
+    hs = torch.randn(steps, output.asm.in_features, generator=g) * 3
+    rows = output.asm.head.weight[: output.cutoffs[0]].detach()
+    for h in hs[::2]:  # every other step peaked like a trained model's: a few head tokens far ahead
+        for r in torch.randint(0, len(rows), (3,), generator=g):
+            h += float(torch.empty(()).uniform_(3, 10, generator=g)) * rows[r] / rows[r].norm() ** 2
+    tokens, computed = [], []
+    for i, h in enumerate(hs):
+        with torch.inference_mode():
+            head = output.head_log_probs(h[None])
+        dist = gen._adaptive_next_token(output, h[None], head)
+        dist.adjust(gen._BANNED, float("-inf"))
+        if i % 3 == 0:
+            dist.adjust(gen.EOS_ID, 0.1 * i)
+        if force_full:
+            dist.scores()
+        tokens.append(dist.sample(settings[0], settings[1], torch.Generator().manual_seed(i)))
+        computed.append(sum(b.scores is not None for b in dist.blocks) - 1)
+    return tokens, computed
+
+
+@pytest.mark.parametrize("settings", [(0.8, 0.9), (1.0, 0.9), (0.5, 0.5), (1.3, 0.95), (1.0, 1.0), (0.0, 0.9),
+                                      (1.0, 0.0)])
+def test_tail_clusters_computed_only_when_needed_change_no_draw(models, settings):
+    """The lazy distribution draws what the fully computed one draws; for a peaked model at the default
+    settings it usually skips the tail clusters (so the laziness is real and this test can fail)."""
+    model = models["decoder-a2-sharp"]
+    lazy, computed = adaptive_draws(model, settings)
+    full, _ = adaptive_draws(model, settings, force_full=True)
+    assert lazy == full
+    if settings == (0.8, 0.9):  # both paths taken
+        assert computed.count(0) >= len(computed) // 4 and max(computed) == 2, computed
+
+
+def two_clusters(head: dict, tail: dict, vocab: int = 3000):
+    """A distribution over `vocab` ids split into a head block (ids < 1000) and a tail block: the given
+    probabilities, the rest of each block's mass spread evenly over its other ids. Returns (dist, full scores)."""
+    ids = [torch.arange(0, 1000), torch.arange(1000, vocab)]
+    blocks = []
+    for block_ids, probs in ((ids[0], head), (ids[1], tail)):
+        p = torch.zeros(len(block_ids), dtype=torch.float64)
+        for i, q in probs.items():
+            p[i - int(block_ids[0])] = q
+        blocks.append(p)
+    rest = 1 - float(blocks[0].sum() + blocks[1].sum())
+    blocks[0][blocks[0] == 0] = rest / int((blocks[0] == 0).sum())
+    lp = [b.log().float() for b in blocks]
+    full = torch.cat(lp)
+    make = lambda: gen.NextToken(gen._Layout(ids), [gen._Block(lambda: lp[0]),
+                                                     gen._Block(lambda: lp[1], float(lp[1].exp().sum().log()))])
+    return make, full
+
+
+@pytest.mark.parametrize("name, head, tail, temperature, top_p", [
+    # a tail token more probable than the nucleus's last head token, though the mass check alone would pass
+    ("outranks", {0: 0.3, 1: 0.25}, {1500: 0.28}, 1.0, 0.5),
+    # many small tail tokens weigh far more than their cluster's bound suggests at temperature > 1
+    ("heats up", {0: 0.9}, {i: 1e-4 for i in range(1000, 2000)}, 1.5, 0.8),
+    # nothing in the tail matters
+    ("irrelevant", {0: 0.7, 1: 0.25}, {1500: 0.001}, 0.8, 0.9),
+])
+def test_bounds_decide_exactly_when_they_can(name, head, tail, temperature, top_p):
+    make, full = two_clusters(head, tail)
+    for seed in range(30):
+        lazy = make()
+        got = lazy.sample(temperature, top_p, torch.Generator().manual_seed(seed))
+        assert got == spec_sample_token(full, temperature, top_p, torch.Generator().manual_seed(seed)), (name, seed)
+    assert (lazy.blocks[1].scores is None) == (name == "irrelevant")
+
+
+def test_a_banned_token_is_never_drawn_even_from_a_tail_cluster(models):
+    output = models["decoder-a2"].decoder.output
+    h = torch.zeros(1, output.asm.in_features)
+    with torch.inference_mode():
+        head = output.head_log_probs(h)
+    dist = gen._adaptive_next_token(output, h, head)
+    allowed = [0, 1]  # flat distribution: ban all but two ids, wherever their clusters are
+    dist.adjust(tuple(i for i in range(50266) if i not in allowed), float("-inf"))
+    draws = {dist.sample(1.0, 1.0, torch.Generator().manual_seed(s)) for s in range(20)}
+    assert draws == set(allowed)
 
 
 def test_streamed_text_is_what_the_tokenizer_decodes(tokenizer):

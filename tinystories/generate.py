@@ -16,15 +16,17 @@ candidates that provably holds the nucleus (_nucleus), and the streamed text is 
 from __future__ import annotations
 
 import codecs
+import math
 import sys
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers.decoders import ByteLevel as ByteLevelDecoder
 
 from .data import default_stride, prefix_and_body
-from .tokenizer import EOS_ID, GPT2_VOCAB_SIZE, PAD_ID, normalize_tags
+from .tokenizer import EOS_ID, GPT2_VOCAB_SIZE, PAD_ID, VOCAB_SIZE, normalize_tags
 
 MAX_TOKENS = 350
 EOS_BIAS_STEP = 0.1
@@ -58,58 +60,175 @@ def check_settings(temperature=1.0, top_p=0.9, max_tokens=MAX_TOKENS, eos_bias_a
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """Nucleus sampling from one row of logits; temperature 0 is greedy.
+    """Nucleus sampling from one row of scores (log-probabilities, possibly adjusted); temperature 0 is greedy.
+    The rule is NextToken.sample's."""
+    return NextToken.from_scores(logits).sample(temperature, top_p, generator)
 
-    The nucleus: the most probable tokens, in order of probability, up to and including the one whose
-    cumulative probability reaches top_p; one of them is drawn in proportion to its probability.
+
+_EPS = 1e-9  # relative slack when bounds decide the nucleus: far above float64 rounding, far below a draw
+_CANDIDATE_WEIGHTS = (1e-3, 1e-6)  # relative weights above which the nucleus is looked for first
+
+
+class _Layout:
+    """Which ids each block of a distribution holds (ascending), and where to find an id: block, position."""
+
+    def __init__(self, block_ids: list[torch.Tensor]):
+        self.block_ids = block_ids
+        n = sum(len(b) for b in block_ids)
+        self.block_of, self.pos_of = np.empty(n, np.int64), np.empty(n, np.int64)
+        for i, ids in enumerate(block_ids):
+            self.block_of[ids.numpy()] = i
+            self.pos_of[ids.numpy()] = np.arange(len(ids))
+        self._plans: dict[tuple, list] = {}
+        self._merged: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def merged(self, blocks: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the ids of these blocks ascending, the permutation of their concatenated scores to that order)."""
+        if blocks not in self._merged:
+            ids, order = torch.cat([self.block_ids[k] for k in blocks]).sort()
+            self._merged[blocks] = ids, order
+        return self._merged[blocks]
+
+    def plan(self, ids: tuple[int, ...]) -> list[tuple[int, torch.Tensor]]:
+        """[(block, positions in it)] of these ids; cached (the same few id sets come back every token)."""
+        plan = self._plans.get(ids)
+        if plan is None:
+            where = np.asarray(ids, dtype=np.int64)
+            blocks = self.block_of[where]
+            plan = [(int(k), torch.from_numpy(self.pos_of[where[blocks == k]])) for k in np.unique(blocks)]
+            if len(self._plans) < 64:
+                self._plans[ids] = plan
+        return plan
+
+
+_FULL_LAYOUTS: dict[int, _Layout] = {}
+
+
+class _Block:
+    """Log-probabilities of some token ids (ascending), computed on demand. bound >= each of them."""
+
+    __slots__ = ("compute", "bound", "raw", "scores")
+
+    def __init__(self, compute, bound: float = 0.0):
+        self.compute, self.bound, self.raw, self.scores = compute, bound, None, None
+
+
+class NextToken:
+    """The next token's distribution, computed cluster by cluster only as far as the draw needs it.
+
+    A decoder's adaptive softmax gives, from one small matrix, the log-probabilities of the head cluster's tokens
+    (the `cutoffs[0]` most frequent) and of each tail cluster as a whole; a tail cluster's own tokens cost a
+    matrix the size of the cluster. No token of a tail cluster is more probable than its cluster, which bounds
+    where its tokens can sort and how much they can add to the normalizer under any temperature; when those
+    bounds already decide the nucleus, the cluster is never computed. So the draw is exactly the one the whole
+    distribution gives, the same token and the same generator state (tests/test_generate_reference.py), at the
+    cost of the head alone for most tokens of a trained model.
+
+    The rule (`sample`): scores s = log-probabilities + adjustments (-inf bans a token, a bias raises one);
+    m = max s; weights w = exp((s - m) / temperature) in float64, total Z = their sum in id order; order tokens
+    by s descending, ties by id; keep them in that order while the weight before a token is < top_p * Z (the
+    first is always kept); draw one of the kept in proportion to w. Temperature < 1e-6 is greedy (ties: the
+    lowest id).
     """
-    if temperature < 1e-6:  # 0 is greedy; tinier ones would overflow the softmax into NaN
-        return int(logits.argmax())
-    probs = F.softmax(logits if temperature == 1 else logits / temperature, -1)  # x / 1 == x: skip the copy
-    order, kept = _nucleus(probs, top_p)
-    return int(order[torch.multinomial(kept / kept.sum(), 1, generator=generator)])
 
+    def __init__(self, layout: _Layout, blocks: list[_Block]):
+        self.layout, self.blocks = layout, blocks
+        self.adjustments: list[tuple[tuple[int, ...], float]] = []
+        self._compute(0)
 
-def _kept(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    cum = sorted_probs.cumsum(0)
-    keep = (cum - sorted_probs) < top_p  # tokens needed to reach top_p; the first is always kept
-    keep[0] = True
-    return sorted_probs[keep]
+    @classmethod
+    def from_scores(cls, scores: torch.Tensor) -> "NextToken":
+        """One block: the scores of every token id, in id order."""
+        scores = scores.detach().float().cpu().reshape(-1)
+        n = scores.numel()
+        layout = _FULL_LAYOUTS.get(n) or _FULL_LAYOUTS.setdefault(n, _Layout([torch.arange(n)]))
+        return cls(layout, [_Block(lambda: scores)])
 
+    def adjust(self, ids, value: float) -> None:
+        """Add `value` to the scores of token `ids` (-inf: never draw them)."""
+        ids = (int(ids),) if isinstance(ids, int) else tuple(int(i) for i in ids)
+        self.adjustments.append((ids, float(value)))
+        for k, pos in self.layout.plan(ids):
+            b = self.blocks[k]
+            if b.scores is not None:
+                b.scores[pos] += value
+            elif value > 0:
+                self._compute(k)  # a raised score can exceed the cluster's bound: know it
 
-_CANDIDATES = (512, 4096)  # sizes of the top-k tried before a full sort
-_MASS_MARGIN = 1e-3  # far above float32 rounding in a cumulative sum of probabilities
+    def _compute(self, k: int) -> None:
+        b = self.blocks[k]
+        b.raw = b.compute().float().cpu()
+        b.scores = b.raw.clone()
+        for ids, value in self.adjustments:
+            for j, pos in self.layout.plan(ids):
+                if j == k:
+                    b.scores[pos] += value
 
+    def _full(self, field: str) -> torch.Tensor:
+        for k, b in enumerate(self.blocks):
+            if b.scores is None:
+                self._compute(k)
+        out = torch.empty(sum(len(i) for i in self.layout.block_ids))
+        for ids, b in zip(self.layout.block_ids, self.blocks):
+            out[ids] = getattr(b, field)
+        return out
 
-def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token ids by probability, descending; the nucleus's probabilities in that order), exactly as a sort of
-    all probabilities gives them, usually without that sort.
+    def scores(self) -> torch.Tensor:
+        """Every token's adjusted score, in id order (computes every cluster)."""
+        return self._full("scores")
 
-    Sorting all 50,266 probabilities costs more than a model step, and a nucleus is usually a few hundred
-    tokens. topk(k) holds every token more probable than its smallest value v; if those tokens have mass
-    >= top_p + margin, every token after them starts past top_p and is never kept, and since torch's CPU
-    cumsum adds in order, their cumulative sums are those of the full sort. Equal probabilities in the
-    nucleus could be ordered differently by the two sorts: then, and for nuclei too big for the candidates
-    (or top_p too close to 1), sort everything.
-    """
-    if top_p <= 1 - 2 * _MASS_MARGIN:
-        for k in _CANDIDATES:
-            if k >= probs.numel():
-                break
-            values, ids = probs.topk(k)
-            n = int((values > values[-1]).sum())  # the tokens strictly more probable than the k-th
-            if float(values[:n].sum(dtype=torch.float64)) >= top_p + _MASS_MARGIN:
-                kept = _kept(values[:n], top_p)
-                head = values[: len(kept) + 1]
-                if not bool((head[1:] == head[:-1]).any()):
-                    return ids[:n], kept
-                break
-    sorted_probs, order = probs.sort(descending=True)
-    return order, _kept(sorted_probs, top_p)
+    def log_probs(self) -> torch.Tensor:
+        """Every token's log-probability as the model gives it, in id order (computes every cluster)."""
+        return self._full("raw")
+
+    def _known(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids ascending, their scores) of the computed blocks."""
+        known = tuple(k for k, b in enumerate(self.blocks) if b.scores is not None)
+        if len(known) == 1:
+            return self.layout.block_ids[known[0]], self.blocks[known[0]].scores
+        ids, order = self.layout.merged(known)
+        return ids, torch.cat([self.blocks[k].scores for k in known])[order]
+
+    def sample(self, temperature: float, top_p: float, generator: torch.Generator) -> int:
+        while True:
+            ids, s = self._known()
+            pending = [k for k, b in enumerate(self.blocks) if b.scores is None]
+            m = float(s.max())
+            unsure = [k for k in pending if self.blocks[k].bound >= m]  # may hold a token as good as the best
+            if unsure:
+                for k in unsure:
+                    self._compute(k)
+                continue
+            if temperature < 1e-6:
+                return int(ids[s == m][0])
+            w = s.double() - m
+            w = torch.exp(w if temperature == 1 else w / temperature)
+            z = float(w.sum())
+            # Tokens of pending clusters add between 0 and `extra` to Z, and each scores at most `top`.
+            power = max(0.0, 1 - 1 / temperature)  # sum of p^(1/T) over a cluster <= size^power * P^(1/T)
+            extra = sum(len(self.layout.block_ids[k]) ** power
+                        * math.exp((self.blocks[k].bound - m) / temperature) for k in pending)
+            top = max((self.blocks[k].bound for k in pending), default=-math.inf)
+            need = top_p * (z + extra) * (1 + _EPS) if pending else top_p * z
+            # The nucleus is among the tokens of weight >= c if they weigh enough: sort those only.
+            for c in (*_CANDIDATE_WEIGHTS, 0.0):
+                sel = w >= c
+                if c == 0.0 or float(w[sel].sum()) >= need * (1 + _EPS):
+                    break
+            cand_ids, cand_s, cand_w = (ids, s, w) if c == 0.0 else (ids[sel], s[sel], w[sel])
+            s_sorted, order = cand_s.sort(descending=True, stable=True)
+            cum = cand_w[order].cumsum(0)
+            n = 1 + int((cum[:-1] < top_p * z).sum())
+            if not pending or ((n == 1 or float(cum[n - 2]) < top_p * z * (1 - _EPS))
+                               and float(cum[n - 1]) >= need and top < float(s_sorted[n - 1])):
+                break  # the same nucleus whatever the pending clusters hold, and none of their tokens in it
+            self._compute(max(pending, key=lambda k: self.blocks[k].bound))
+        kept = cand_w[order[:n]]
+        return int(cand_ids[order[torch.multinomial(kept / kept.sum(), 1, generator=generator)]])
 
 
 class _Reader:
-    """Feeds a growing story to a model under its approach's window rule; returns next-token log-probs."""
+    """Feeds a growing story to a model under its approach's window rule; gives the next token's distribution."""
 
     def __init__(self, model, tags):
         self.model, cfg = model, model.config
@@ -123,13 +242,25 @@ class _Reader:
     def append(self, token: int) -> None:
         self.body.append(token)
 
+    def next_token(self) -> NextToken:
+        if self.model.arch == "seed":
+            return NextToken.from_scores(self._seed_log_probs())
+        out = self.model.decoder.output
+        if not out.cutoffs:
+            return NextToken.from_scores(self._decoder_head(full=True))
+        return _adaptive_next_token(out, *self._decoder_head())
+
     @torch.inference_mode()
-    def next_log_probs(self) -> torch.Tensor:
+    def _seed_log_probs(self) -> torch.Tensor:
+        m = self.model
+        window = self.prefix + self.body[-self.room :]
+        x = torch.tensor([[PAD_ID] * (m.config.context - len(window)) + window], device=self.device)
+        return F.log_softmax(m.seed(x)[0].float(), -1)
+
+    @torch.inference_mode()
+    def _decoder_head(self, full: bool = False):
+        """The last hidden state and the adaptive softmax's head log-probs (full: log-probs of every id)."""
         m, device = self.model, self.device
-        if m.arch == "seed":
-            window = self.prefix + self.body[-self.room :]
-            x = torch.tensor([[PAD_ID] * (m.config.context - len(window)) + window], device=device)
-            return F.log_softmax(m.seed(x)[0].float(), -1)
         dec = m.decoder
         if self.cache is not None and len(self.body) - self.start <= self.room:
             h = dec(torch.tensor([[self.body[-1]]], device=device), self.cache)
@@ -138,7 +269,47 @@ class _Reader:
                 self.start += self.stride
             self.cache = dec.new_cache()
             h = dec(torch.tensor([self.prefix + self.body[self.start :]], device=device), self.cache)
-        return dec.output.log_probs(h[:, -1])[0].float()
+        h = h[:, -1]
+        if full:
+            return F.log_softmax(dec.output.linear(h)[0].float(), -1)
+        return h, dec.output.head_log_probs(h)
+
+    def next_log_probs(self) -> torch.Tensor:
+        """log p(next token) of every id, in id order."""
+        return self.next_token().log_probs()
+
+
+def _adaptive_next_token(out, h: torch.Tensor, head: torch.Tensor) -> NextToken:
+    """h [1, d] and head = out.head_log_probs(h): the head cluster now, each tail cluster when needed."""
+    layout, perms = _cluster_layout(out)
+    shortlist = out.cutoffs[0]
+    bounds = head[0, shortlist:].tolist()  # log-probability of each tail cluster as a whole
+    blocks = [_Block(lambda: head[0, :shortlist][perms[0]])]
+    for c in range(1, len(perms)):
+        compute = torch.inference_mode()(lambda c=c: out.tail_log_probs(h, c, head)[0][perms[c]])
+        blocks.append(_Block(compute, bounds[c - 1]))
+    return NextToken(layout, blocks)
+
+
+def _cluster_layout(out) -> tuple[_Layout, list[torch.Tensor]]:
+    """The clusters' ids (ascending) and, per cluster, the permutation from its rank order to id order.
+    Cached on the module; recomputed if its rank_of_id changes."""
+    key = (out.rank_of_id.data_ptr(), out.rank_of_id._version, str(out.rank_of_id.device))
+    cached = getattr(out, "_generation_layout", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    id_of_rank = torch.argsort(out.rank_of_id.cpu())
+    ids, perms = [], []
+    for lo, hi in out.clusters():
+        i, perm = id_of_rank[lo:hi].sort()
+        ids.append(i)
+        perms.append(perm.to(out.rank_of_id.device))
+    value = (_Layout(ids), perms)
+    object.__setattr__(out, "_generation_layout", (key, value))
+    return value
+
+
+_BANNED = tuple(t for t in range(GPT2_VOCAB_SIZE, VOCAB_SIZE) if t != EOS_ID)  # [PAD] [BOS] tags
 
 
 def stream_story(model, tags=(), *, temperature: float = 1.0, top_p: float = 0.9, max_tokens: int = MAX_TOKENS,
@@ -151,11 +322,11 @@ def stream_story(model, tags=(), *, temperature: float = 1.0, top_p: float = 0.9
     reader, story = _Reader(model, tags), []
     text, decoded = "", _StoryText(tokenizer)
     for n in range(s["max_tokens"]):
-        logits = reader.next_log_probs().cpu().clone()
-        logits[GPT2_VOCAB_SIZE:EOS_ID] = logits[EOS_ID + 1 :] = float("-inf")  # never [PAD] [BOS] or a tag in a story
+        dist = reader.next_token()
+        dist.adjust(_BANNED, float("-inf"))  # never [PAD] [BOS] or a tag in a story
         if n >= s["eos_bias_after"]:
-            logits[EOS_ID] += EOS_BIAS_STEP * (n - s["eos_bias_after"] + 1)
-        token = sample_token(logits, s["temperature"], s["top_p"], generator)
+            dist.adjust(EOS_ID, EOS_BIAS_STEP * (n - s["eos_bias_after"] + 1))
+        token = dist.sample(s["temperature"], s["top_p"], generator)
         if token == EOS_ID:
             break
         story.append(token)

@@ -219,6 +219,21 @@ class AdaptiveOutput(nn.Module):
                 return up.weight[rank - lo : rank - lo + 1] @ down.weight
         raise IndexError(f"rank {rank} is outside the vocabulary")
 
+    def clusters(self) -> list[tuple[int, int]]:
+        """(first rank, end rank) of each cluster: the head's tokens, then each tail cluster's."""
+        return list(zip([0] + self.cutoffs, self.cutoffs + [self.rank_of_id.numel()])) if self.cutoffs else []
+
+    def head_log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """h [N, d] -> log-probabilities [N, shortlist + tail clusters] of the head's tokens (by rank), then of
+        each tail cluster as a whole. The same floats as `log_probs` gives those tokens."""
+        return F.log_softmax(self.asm.head(h), dim=1)
+
+    def tail_log_probs(self, h: torch.Tensor, cluster: int, head: torch.Tensor) -> torch.Tensor:
+        """h [N, d], head_log_probs(h) -> log-probabilities [N, cluster size] of tail cluster `cluster` (1, 2, ...)
+        by rank: the same operations as AdaptiveLogSoftmaxWithLoss.log_prob, so the same floats."""
+        index = self.cutoffs[0] + cluster - 1
+        return F.log_softmax(self.asm.tail[cluster - 1](h), dim=1) + head[:, index].unsqueeze(1)
+
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> log-probabilities [N, V] over every token id."""
         lp = self.asm.log_prob(h) if self.cutoffs else F.log_softmax(self.linear(h), -1)
