@@ -4,14 +4,15 @@
     python train.py --preset seed                        # the seed's own run: arch seed, 90k stories, 10 epochs
     python train.py --data ../shared/data --approach 1 --arch decoder --epochs 2 --out checkpoints/mine
     torchrun --nproc_per_node 4 train.py --preset approach2 --device cuda   # data-parallel, no code change
-    python train.py --data skeskinen/TinyStories-GPT4 --streaming --device cuda   # the 2.7M stories, streamed
+    python train.py --data skeskinen/TinyStories-GPT4 --streaming --valid-stories 10000 --device cuda   # 2.7M stories
 
 The stories are tokenized once into a memory-mapped cache ($TINYSTORIES_CACHE, default ~/.cache/tinystories).
 --streaming reads the source as a stream (a Hub dataset through datasets' streaming=True: never downloaded
 whole, never held in memory) and tokenizes it batch by batch into that cache; its cache is keyed by the
 arguments (data, split, --max-stories/--valid-stories, tokenizer), so a second run starts from the cache
 without opening the source or the network. Without it the stories are loaded into a list first and the cache
-is keyed by their text.
+is keyed by their text. A dataset with a train split only (TinyStories-GPT4) gives 1% of its stories, by a hash
+of each, to valid: the valid pass reads the stream until it has --valid-stories of them (to its end without).
 
 Presets fill in defaults; flags given on the command line win. The checkpoint folder (--out) is written
 atomically every --save-every steps and after each epoch; --resume continues from it, optimizer included.
