@@ -72,30 +72,31 @@ _CANDIDATE_WEIGHTS = (1e-3, 1e-6)  # relative weights above which the nucleus is
 class _Layout:
     """Which ids each block of a distribution holds (ascending), and where to find an id: block, position."""
 
-    def __init__(self, block_ids: list[torch.Tensor]):
+    def __init__(self, block_ids: list[np.ndarray]):
         self.block_ids = block_ids
-        n = sum(len(b) for b in block_ids)
-        self.block_of, self.pos_of = np.empty(n, np.int64), np.empty(n, np.int64)
+        self.size = sum(len(b) for b in block_ids)
+        self.block_of, self.pos_of = np.empty(self.size, np.int64), np.empty(self.size, np.int64)
         for i, ids in enumerate(block_ids):
-            self.block_of[ids.numpy()] = i
-            self.pos_of[ids.numpy()] = np.arange(len(ids))
+            self.block_of[ids] = i
+            self.pos_of[ids] = np.arange(len(ids))
         self._plans: dict[tuple, list] = {}
-        self._merged: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._merged: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
-    def merged(self, blocks: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def merged(self, blocks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """(the ids of these blocks ascending, the permutation of their concatenated scores to that order)."""
         if blocks not in self._merged:
-            ids, order = torch.cat([self.block_ids[k] for k in blocks]).sort()
-            self._merged[blocks] = ids, order
+            ids = np.concatenate([self.block_ids[k] for k in blocks])
+            order = np.argsort(ids, kind="stable")
+            self._merged[blocks] = ids[order], order
         return self._merged[blocks]
 
-    def plan(self, ids: tuple[int, ...]) -> list[tuple[int, torch.Tensor]]:
+    def plan(self, ids: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:
         """[(block, positions in it)] of these ids; cached (the same few id sets come back every token)."""
         plan = self._plans.get(ids)
         if plan is None:
             where = np.asarray(ids, dtype=np.int64)
             blocks = self.block_of[where]
-            plan = [(int(k), torch.from_numpy(self.pos_of[where[blocks == k]])) for k in np.unique(blocks)]
+            plan = [(int(k), self.pos_of[where[blocks == k]]) for k in np.unique(blocks)]
             if len(self._plans) < 64:
                 self._plans[ids] = plan
         return plan
@@ -105,7 +106,7 @@ _FULL_LAYOUTS: dict[int, _Layout] = {}
 
 
 class _Block:
-    """Log-probabilities of some token ids (ascending), computed on demand. bound >= each of them."""
+    """Log-probabilities of some token ids (ascending), computed on demand; bound >= each of them."""
 
     __slots__ = ("compute", "bound", "raw", "scores")
 
@@ -124,11 +125,11 @@ class NextToken:
     distribution gives, the same token and the same generator state (tests/test_generate_reference.py), at the
     cost of the head alone for most tokens of a trained model.
 
-    The rule (`sample`): scores s = log-probabilities + adjustments (-inf bans a token, a bias raises one);
-    m = max s; weights w = exp((s - m) / temperature) in float64, total Z = their sum in id order; order tokens
-    by s descending, ties by id; keep them in that order while the weight before a token is < top_p * Z (the
-    first is always kept); draw one of the kept in proportion to w. Temperature < 1e-6 is greedy (ties: the
-    lowest id).
+    The rule (`sample`), in numpy: scores s = log-probabilities (float32) + adjustments (-inf bans a token, a
+    bias raises one); m = max s; weights w = exp((s - m) / temperature) in float64, total Z = w.sum() in id
+    order; order the tokens by s descending, ties by id; keep them in that order while the weight before a token
+    is < top_p * Z (the first is always kept); draw one of the kept in proportion to w with torch.multinomial.
+    Temperature < 1e-6 is greedy (ties: the lowest id).
     """
 
     def __init__(self, layout: _Layout, blocks: list[_Block]):
@@ -141,7 +142,7 @@ class NextToken:
         """One block: the scores of every token id, in id order."""
         scores = scores.detach().float().cpu().reshape(-1)
         n = scores.numel()
-        layout = _FULL_LAYOUTS.get(n) or _FULL_LAYOUTS.setdefault(n, _Layout([torch.arange(n)]))
+        layout = _FULL_LAYOUTS.get(n) or _FULL_LAYOUTS.setdefault(n, _Layout([np.arange(n)]))
         return cls(layout, [_Block(lambda: scores)])
 
     def adjust(self, ids, value: float) -> None:
@@ -151,27 +152,27 @@ class NextToken:
         for k, pos in self.layout.plan(ids):
             b = self.blocks[k]
             if b.scores is not None:
-                b.scores[pos] += value
+                b.scores[pos] += np.float32(value)
             elif value > 0:
                 self._compute(k)  # a raised score can exceed the cluster's bound: know it
 
     def _compute(self, k: int) -> None:
         b = self.blocks[k]
-        b.raw = b.compute().float().cpu()
-        b.scores = b.raw.clone()
+        b.raw = b.compute().float().cpu().numpy()
+        b.scores = b.raw.copy()
         for ids, value in self.adjustments:
             for j, pos in self.layout.plan(ids):
                 if j == k:
-                    b.scores[pos] += value
+                    b.scores[pos] += np.float32(value)
 
     def _full(self, field: str) -> torch.Tensor:
         for k, b in enumerate(self.blocks):
             if b.scores is None:
                 self._compute(k)
-        out = torch.empty(sum(len(i) for i in self.layout.block_ids))
+        out = np.empty(self.layout.size, np.float32)
         for ids, b in zip(self.layout.block_ids, self.blocks):
             out[ids] = getattr(b, field)
-        return out
+        return torch.from_numpy(out)
 
     def scores(self) -> torch.Tensor:
         """Every token's adjusted score, in id order (computes every cluster)."""
@@ -181,28 +182,29 @@ class NextToken:
         """Every token's log-probability as the model gives it, in id order (computes every cluster)."""
         return self._full("raw")
 
-    def _known(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _known(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids ascending, their scores) of the computed blocks."""
         known = tuple(k for k, b in enumerate(self.blocks) if b.scores is not None)
         if len(known) == 1:
             return self.layout.block_ids[known[0]], self.blocks[known[0]].scores
         ids, order = self.layout.merged(known)
-        return ids, torch.cat([self.blocks[k].scores for k in known])[order]
+        return ids, np.concatenate([self.blocks[k].scores for k in known])[order]
 
     def sample(self, temperature: float, top_p: float, generator: torch.Generator) -> int:
         while True:
             ids, s = self._known()
             pending = [k for k, b in enumerate(self.blocks) if b.scores is None]
-            m = float(s.max())
+            i_max = int(np.argmax(s))  # the first of the best: the lowest id
+            m = float(s[i_max])
             unsure = [k for k in pending if self.blocks[k].bound >= m]  # may hold a token as good as the best
             if unsure:
                 for k in unsure:
                     self._compute(k)
                 continue
             if temperature < 1e-6:
-                return int(ids[s == m][0])
-            w = s.double() - m
-            w = torch.exp(w if temperature == 1 else w / temperature)
+                return int(ids[i_max])
+            w = s.astype(np.float64) - m
+            w = np.exp(w if temperature == 1 else w / temperature)
             z = float(w.sum())
             # Tokens of pending clusters add between 0 and `extra` to Z, and each scores at most `top`.
             power = max(0.0, 1 - 1 / temperature)  # sum of p^(1/T) over a cluster <= size^power * P^(1/T)
@@ -211,20 +213,23 @@ class NextToken:
             top = max((self.blocks[k].bound for k in pending), default=-math.inf)
             need = top_p * (z + extra) * (1 + _EPS) if pending else top_p * z
             # The nucleus is among the tokens of weight >= c if they weigh enough: sort those only.
-            for c in (*_CANDIDATE_WEIGHTS, 0.0):
-                sel = w >= c
-                if c == 0.0 or float(w[sel].sum()) >= need * (1 + _EPS):
+            cand = None
+            for c in _CANDIDATE_WEIGHTS:
+                sel = np.flatnonzero(w >= c)
+                if float(w[sel].sum()) >= need * (1 + _EPS):
+                    cand = sel
                     break
-            cand_ids, cand_s, cand_w = (ids, s, w) if c == 0.0 else (ids[sel], s[sel], w[sel])
-            s_sorted, order = cand_s.sort(descending=True, stable=True)
-            cum = cand_w[order].cumsum(0)
-            n = 1 + int((cum[:-1] < top_p * z).sum())
+            cand_ids, cand_s, cand_w = (ids, s, w) if cand is None else (ids[cand], s[cand], w[cand])
+            order = np.argsort(-cand_s, kind="stable")  # descending; ties keep id order
+            cum = np.cumsum(cand_w[order])
+            n = 1 + int(np.count_nonzero(cum[:-1] < top_p * z))
             if not pending or ((n == 1 or float(cum[n - 2]) < top_p * z * (1 - _EPS))
-                               and float(cum[n - 1]) >= need and top < float(s_sorted[n - 1])):
+                               and float(cum[n - 1]) >= need and top < float(cand_s[order[n - 1]])):
                 break  # the same nucleus whatever the pending clusters hold, and none of their tokens in it
             self._compute(max(pending, key=lambda k: self.blocks[k].bound))
         kept = cand_w[order[:n]]
-        return int(cand_ids[order[torch.multinomial(kept / kept.sum(), 1, generator=generator)]])
+        pick = int(torch.multinomial(torch.from_numpy(kept / kept.sum()), 1, generator=generator))
+        return int(cand_ids[order[pick]])
 
 
 class _Reader:
@@ -302,7 +307,7 @@ def _cluster_layout(out) -> tuple[_Layout, list[torch.Tensor]]:
     ids, perms = [], []
     for lo, hi in out.clusters():
         i, perm = id_of_rank[lo:hi].sort()
-        ids.append(i)
+        ids.append(i.numpy())
         perms.append(perm.to(out.rank_of_id.device))
     value = (_Layout(ids), perms)
     object.__setattr__(out, "_generation_layout", (key, value))
