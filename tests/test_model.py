@@ -115,3 +115,82 @@ def test_config_from_another_version_is_refused():
         TinyStoriesConfig.from_dict({**good, "version": 99})
     with pytest.raises(ConfigError, match="rope_theta"):
         TinyStoriesConfig.from_dict({**good, "rope_theta": 10000})
+
+
+# --- compact weights: float16 copies widened right before each product, for one-token steps on a CPU
+
+
+def fp16_exact_decoder():
+    """A tiny decoder whose float32 weights hold float16 values, as after loading a float16 checkpoint."""
+    torch.manual_seed(0)
+    model = TinyStoriesModel(tiny_decoder_config()).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    return model
+
+
+def steps_through_the_cache(model, x, grad: bool):
+    dec = model.decoder
+    with torch.set_grad_enabled(grad):
+        cache = dec.new_cache()
+        hs = [dec(x[:, :4], cache)[:, -1]]
+        for t in range(4, x.shape[1]):
+            hs.append(dec(x[:, t : t + 1], cache)[:, -1])
+        h = torch.cat(hs)
+        head = dec.output.head_log_probs(h, dec.linear)
+        tails = [dec.output.tail_log_probs(h, c, head, dec.linear) for c in range(1, len(dec.output.cutoffs) + 1)]
+        return torch.cat([head, *tails], 1)
+
+
+def test_compact_weights_give_the_very_same_floats(monkeypatch):
+    monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)  # the tiny model's matrices too
+    model = fp16_exact_decoder()
+    x = torch.randint(0, 50257, (1, 12))
+    plain = steps_through_the_cache(model, x, grad=True).detach()  # with gradients on: the plain products
+    with torch.inference_mode():
+        compact = steps_through_the_cache(model, x, grad=False)
+    assert torch.equal(plain, compact)
+    copies = [entry[2] for entry in model.decoder.compact.copies.values()]
+    linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(copies) == len(linears) and all(c is not None and c.dtype == torch.float16 for c in copies)
+
+
+def test_weights_that_are_not_float16_values_are_used_as_they_are(monkeypatch):
+    monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
+    torch.manual_seed(0)
+    model = TinyStoriesModel(tiny_decoder_config()).eval()  # float32 initialisation: not float16 values
+    x = torch.randint(0, 50257, (1, 12))
+    plain = steps_through_the_cache(model, x, grad=True).detach()
+    with torch.no_grad():
+        assert torch.equal(plain, steps_through_the_cache(model, x, grad=False))
+    assert model.decoder.compact.copies and all(entry[2] is None for entry in model.decoder.compact.copies.values())
+
+
+def test_a_compact_copy_follows_its_weights_when_they_change(monkeypatch):
+    monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
+    model = fp16_exact_decoder()
+    x = torch.randint(0, 50257, (1, 8))
+    with torch.no_grad():
+        before = model.decoder(x)
+        model.decoder.blocks[0].mlp[0].weight.mul_(2)  # in place, as an optimizer step does (powers of 2: exact)
+        after = model.decoder(x)
+        expected = TinyStoriesModel(model.config).eval()
+        expected.load_state_dict(model.state_dict())
+    assert not torch.equal(before, after)
+    with torch.enable_grad():
+        assert torch.equal(after, expected.decoder(x).detach())
+
+
+def test_a_model_with_compact_copies_still_copies_and_pickles(monkeypatch):
+    import copy
+    import pickle
+
+    monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
+    model = fp16_exact_decoder()
+    with torch.no_grad():
+        model.decoder(torch.randint(0, 50257, (1, 8)))
+    assert model.decoder.compact.copies
+    clone = copy.deepcopy(model)
+    assert not clone.decoder.compact.copies  # rebuilt on use, for the clone's own weights
+    assert pickle.loads(pickle.dumps(model)).decoder.compact.copies == {}

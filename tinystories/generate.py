@@ -253,7 +253,7 @@ class _Reader:
         out = self.model.decoder.output
         if not out.cutoffs:
             return NextToken.from_scores(self._decoder_head(full=True))
-        return _adaptive_next_token(out, *self._decoder_head())
+        return _adaptive_next_token(out, *self._decoder_head(), linear=self.model.decoder.linear)
 
     @torch.inference_mode()
     def _seed_log_probs(self) -> torch.Tensor:
@@ -277,21 +277,21 @@ class _Reader:
         h = h[:, -1]
         if full:
             return F.log_softmax(dec.output.linear(h)[0].float(), -1)
-        return h, dec.output.head_log_probs(h)
+        return h, dec.output.head_log_probs(h, dec.linear)
 
     def next_log_probs(self) -> torch.Tensor:
         """log p(next token) of every id, in id order."""
         return self.next_token().log_probs()
 
 
-def _adaptive_next_token(out, h: torch.Tensor, head: torch.Tensor) -> NextToken:
+def _adaptive_next_token(out, h: torch.Tensor, head: torch.Tensor, linear=None) -> NextToken:
     """h [1, d] and head = out.head_log_probs(h): the head cluster now, each tail cluster when needed."""
     layout, perms = _cluster_layout(out)
     shortlist = out.cutoffs[0]
     bounds = head[0, shortlist:].tolist()  # log-probability of each tail cluster as a whole
     blocks = [_Block(lambda: head[0, :shortlist][perms[0]])]
     for c in range(1, len(perms)):
-        compute = torch.inference_mode()(lambda c=c: out.tail_log_probs(h, c, head)[0][perms[c]])
+        compute = torch.inference_mode()(lambda c=c: out.tail_log_probs(h, c, head, *([linear] if linear else []))[0][perms[c]])
         blocks.append(_Block(compute, bounds[c - 1]))
     return NextToken(layout, blocks)
 

@@ -11,6 +11,7 @@ decoder: a causal pre-LN decoder trained on every position, with a KV cache for 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -117,14 +118,85 @@ class SeedEncoder(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens fed so far; one batch row per sequence."""
+    """Keys and values of every layer for the tokens fed so far; one batch row per sequence.
 
-    def __init__(self, n_layers: int):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+    Preallocated for the whole context on first use: a step writes its token's keys and values in place instead
+    of concatenating (and so copying) everything cached, every layer, every token.
+    """
 
-    @property
-    def length(self) -> int:
-        return 0 if self.layers[0] is None else self.layers[0][0].shape[2]
+    def __init__(self, n_layers: int, context: int):
+        self.n_layers, self.context = n_layers, context
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.length = 0  # tokens cached (the same in every layer, once a forward pass is done)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this layer's k, v [B, H, T, hd] after the cached tokens; return all of them (views)."""
+        if not self.keys:
+            B, H, _, hd = k.shape
+            self.keys = [k.new_empty(B, H, self.context, hd) for _ in range(self.n_layers)]
+            self.values = [v.new_empty(B, H, self.context, hd) for _ in range(self.n_layers)]
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def _call(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return layer(x)
+
+
+class CompactWeights:
+    """Half-size copies of a decoder's big matrices, for inference on a CPU.
+
+    Generating one token multiplies one vector by every matrix: on a CPU that is time spent reading ~19 MB of
+    float32 weights from memory, not arithmetic. Weights loaded from a float16 (or bfloat16) checkpoint hold
+    exactly float16 values, so each matrix is kept in float16 and widened into a small float32 scratch buffer
+    (which stays in cache) right before its product: the very same float32 product, at half the memory traffic
+    (bench.py: about 2x faster matrix-vector products on this CPU). A matrix whose values are not exactly
+    representable (a model being trained, a float32 checkpoint) is used as it is.
+    """
+
+    MIN_SIZE = 1 << 14  # smaller matrices stay in cache anyway
+
+    def __init__(self):
+        self.copies: dict[int, tuple] = {}
+        self.local = threading.local()  # one scratch buffer per thread: the app serves stories concurrently
+
+    def __deepcopy__(self, memo):
+        return CompactWeights()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        w = layer.weight
+        entry = self.copies.get(id(layer))
+        if entry is None or entry[0] is not w or entry[1] != w._version:
+            entry = self.copies[id(layer)] = (w, w._version, self._exact_copy(w))
+        half = entry[2]
+        if half is None:
+            return layer(x)
+        buf = getattr(self.local, "buf", None)
+        if buf is None or buf.numel() < half.numel():
+            with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+                buf = self.local.buf = torch.empty(half.numel())
+        w32 = buf[: half.numel()].view(half.shape)
+        w32.copy_(half)
+        return F.linear(x, w32, layer.bias)
+
+    def _exact_copy(self, w: torch.Tensor) -> torch.Tensor | None:
+        if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < self.MIN_SIZE or w.requires_grad and torch.is_grad_enabled():
+            return None
+        with torch.no_grad():
+            for dtype in (torch.float16, torch.bfloat16):
+                half = w.detach().to(dtype)
+                if torch.equal(half.float(), w):
+                    return half
+        return None
 
 
 class CausalSelfAttention(nn.Module):
@@ -134,20 +206,18 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, linear=_call):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        past = cache.layers[layer] if cache is not None else None
-        if past is not None:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        if cache is not None:
-            cache.layers[layer] = (k, v)
-        # One new token attends to everything cached: no mask. A prompt (no past) is causal.
-        causal = past is None and T > 1
-        if past is not None and T > 1:
+        q, k, v = linear(self.qkv, x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        past = cache is not None and cache.length > 0
+        if past and T > 1:
             raise ValueError("feed cached sequences one token at a time")
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        # One new token attends to everything cached: no mask. A prompt (no past) is causal.
+        causal = not past and T > 1
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return linear(self.proj, y.transpose(1, 2).reshape(B, T, C))
 
 
 class Block(nn.Module):
@@ -159,9 +229,10 @@ class Block(nn.Module):
             nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model), nn.Dropout(cfg.dropout)
         )
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln1(x), cache, layer)
-        return x + self.mlp(self.ln2(x))
+    def forward(self, x, cache=None, layer=0, linear=_call):
+        x = x + self.attn(self.ln1(x), cache, layer, linear)
+        fc, act, out, drop = self.mlp  # the Sequential's own steps, so that `linear` can do the products
+        return x + drop(linear(out, act(linear(fc, self.ln2(x)))))
 
 
 class AdaptiveOutput(nn.Module):
@@ -223,16 +294,17 @@ class AdaptiveOutput(nn.Module):
         """(first rank, end rank) of each cluster: the head's tokens, then each tail cluster's."""
         return list(zip([0] + self.cutoffs, self.cutoffs + [self.rank_of_id.numel()])) if self.cutoffs else []
 
-    def head_log_probs(self, h: torch.Tensor) -> torch.Tensor:
+    def head_log_probs(self, h: torch.Tensor, linear=_call) -> torch.Tensor:
         """h [N, d] -> log-probabilities [N, shortlist + tail clusters] of the head's tokens (by rank), then of
         each tail cluster as a whole. The same floats as `log_probs` gives those tokens."""
-        return F.log_softmax(self.asm.head(h), dim=1)
+        return F.log_softmax(linear(self.asm.head, h), dim=1)
 
-    def tail_log_probs(self, h: torch.Tensor, cluster: int, head: torch.Tensor) -> torch.Tensor:
+    def tail_log_probs(self, h: torch.Tensor, cluster: int, head: torch.Tensor, linear=_call) -> torch.Tensor:
         """h [N, d], head_log_probs(h) -> log-probabilities [N, cluster size] of tail cluster `cluster` (1, 2, ...)
         by rank: the same operations as AdaptiveLogSoftmaxWithLoss.log_prob, so the same floats."""
         index = self.cutoffs[0] + cluster - 1
-        return F.log_softmax(self.asm.tail[cluster - 1](h), dim=1) + head[:, index].unsqueeze(1)
+        down, up = self.asm.tail[cluster - 1]
+        return F.log_softmax(linear(up, linear(down, h)), dim=1) + head[:, index].unsqueeze(1)
 
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> log-probabilities [N, V] over every token id."""
@@ -256,6 +328,11 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(self._init)
+        self.compact = CompactWeights()
+
+    def linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """layer(x); without gradients, from the matrix's compact copy when it has one (same floats)."""
+        return layer(x) if torch.is_grad_enabled() else self.compact.linear(layer, x)
 
     @staticmethod
     def _init(m):
@@ -265,7 +342,7 @@ class Decoder(nn.Module):
             nn.init.zeros_(m.bias)
 
     def new_cache(self) -> KVCache:
-        return KVCache(len(self.blocks))
+        return KVCache(len(self.blocks), self.context)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx [B, T] -> hidden states [B, T, d]; with a cache, positions continue after the cached tokens."""
@@ -274,8 +351,11 @@ class Decoder(nn.Module):
             raise ValueError(f"{start + idx.shape[1]} tokens exceed the context of {self.context}")
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.drop(self.output.embed(idx) + self.position(pos))
+        linear = _call if torch.is_grad_enabled() else self.compact.linear
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, linear)
+        if cache is not None:
+            cache.length = start + idx.shape[1]
         return self.ln_f(x)
 
 
