@@ -376,6 +376,8 @@ def main(argv=None) -> int:
             if len(idx) == 0:
                 break
             x, y = collate([dataset[int(k)] for k in idx], config.context)
+            if device.type == "cuda":  # page-locked: the copy to the GPU runs asynchronously
+                x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = lr_at(step, args, total_steps, clock())
             for g in opt.param_groups:
