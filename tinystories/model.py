@@ -349,6 +349,8 @@ class Decoder(nn.Module):
         start = cache.length if cache is not None else 0
         if start + idx.shape[1] > self.context:
             raise ValueError(f"{start + idx.shape[1]} tokens exceed the context of {self.context}")
+        if start and idx.shape[1] == 1 and not torch.is_grad_enabled() and not self.training:
+            return self._step(idx, cache)
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.drop(self.output.embed(idx) + self.position(pos))
         linear = _call if torch.is_grad_enabled() else self.compact.linear
@@ -357,6 +359,25 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.length = start + idx.shape[1]
         return self.ln_f(x)
+
+    def _step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token after the cached ones, for generation: forward()'s operations on the same tensors (so the
+        same floats: tests/test_model.py), as plain function calls, without nn.Module's per-call overhead,
+        which is a fair share of a step this small."""
+        start, linear = cache.length, self.compact.linear
+        x = self.output.embed(idx) + self.position.weight[start : start + 1]
+        B, T, C = x.shape
+        for i, block in enumerate(self.blocks):
+            attn, (fc, _, out, _) = block.attn, block.mlp
+            h = F.layer_norm(x, (C,), block.ln1.weight, block.ln1.bias, block.ln1.eps)
+            q, k, v = linear(attn.qkv, h).view(B, T, 3, attn.n_heads, C // attn.n_heads).permute(2, 0, 3, 1, 4)
+            k, v = cache.update(i, k, v)
+            y = F.scaled_dot_product_attention(q, k, v)
+            x = x + linear(attn.proj, y.transpose(1, 2).reshape(B, T, C))
+            h = F.layer_norm(x, (C,), block.ln2.weight, block.ln2.bias, block.ln2.eps)
+            x = x + linear(out, F.gelu(linear(fc, h)))
+        cache.length = start + 1
+        return F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
 
 
 # ----------------------------------------------------------------------------------------------- the model
