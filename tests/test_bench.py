@@ -53,6 +53,7 @@ def test_json_is_one_object_on_the_last_line_with_every_number(tiny_bench, capsy
     assert result["peak_rss_mb"] >= result["generation_peak_rss_mb"] > 0
     assert result["device"] == "cpu" and result["threads"] == 1
     assert result["story_tokens"] == {"decoder": 40, "seed": 8}
+    assert result["generation_settings"] == {"temperature": 0.8, "top_p": 0.9}  # the app's defaults
     assert "random weights" in result["generation_models"]["decoder"]  # no checkpoint there: said, not hidden
     assert "no usable checkpoint" in out.err
 

@@ -9,9 +9,11 @@ EOS bias schedule: from the `eos_bias_after`-th generated token on, the [EOS] lo
 +EOS_BIAS_STEP * (tokens generated - eos_bias_after + 1), i.e. +0.1 nats per token: +5 fifty tokens later,
 +15 at the 350-token cap. Stories end near a natural stopping point instead of being cut off.
 
-Speed (python bench.py): a decoder step feeds one token through the KV cache, top-p sorts only a set of
-candidates that provably holds the nucleus (_nucleus), and the streamed text is decoded one token at a time
-(_StoryText). Each gives exactly what the straightforward code gives: tests/test_generate_reference.py.
+Speed (python bench.py, scripts/generation_levers.py): a decoder step feeds one token through the KV cache
+(Decoder._step, float16 compact weights); the adaptive softmax's tail clusters are computed only when the draw
+needs them (NextToken); top-p sorts only a set of candidates that provably holds the nucleus; and the streamed
+text is decoded one token at a time (_StoryText). Each gives exactly what the straightforward code gives:
+tests/test_generate_reference.py.
 """
 from __future__ import annotations
 
