@@ -194,3 +194,17 @@ def test_a_model_with_compact_copies_still_copies_and_pickles(monkeypatch):
     clone = copy.deepcopy(model)
     assert not clone.decoder.compact.copies  # rebuilt on use, for the clone's own weights
     assert pickle.loads(pickle.dumps(model)).decoder.compact.copies == {}
+
+
+def test_a_full_softmax_decoder_gives_log_probs_by_token_id():
+    """Without adaptive-softmax clusters the output rows are token ids: frequency ranks must not reorder them."""
+    torch.manual_seed(0)
+    cfg = TinyStoriesConfig(arch="decoder", d_model=32, n_heads=2, n_layers=1, d_ff=64, context=16, cutoffs=())
+    model = TinyStoriesModel(cfg).eval()
+    model.decoder.output.set_token_counts(np.random.default_rng(0).integers(0, 1000, VOCAB_SIZE))  # as train.py
+    x, y = torch.randint(0, 50257, (1, 8)), torch.randint(0, 50257, (8,))
+    with torch.no_grad():
+        h = model.decoder(x)[0]
+        every = model.decoder.output.log_probs(h)
+        assert torch.allclose(every.gather(1, y[:, None])[:, 0], model.decoder.output.target_log_probs(h, y),
+                              atol=1e-5)
