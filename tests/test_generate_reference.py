@@ -233,7 +233,7 @@ def adaptive_draws(model, settings, steps=40, force_full=False):
     for i, h in enumerate(hs):
         with torch.inference_mode():
             head = output.head_log_probs(h[None])
-        dist = gen._adaptive_next_token(output, h[None], head)
+        dist = gen._adaptive_next_token(output, h[None], head, model.decoder.linear)
         dist.adjust(gen._BANNED, float("-inf"))
         if i % 3 == 0:
             dist.adjust(gen.EOS_ID, 0.1 * i)
@@ -298,7 +298,7 @@ def test_a_banned_token_is_never_drawn_even_from_a_tail_cluster(models):
     h = torch.zeros(1, output.asm.in_features)
     with torch.inference_mode():
         head = output.head_log_probs(h)
-    dist = gen._adaptive_next_token(output, h, head)
+    dist = gen._adaptive_next_token(output, h, head, models["decoder-a2"].decoder.linear)
     allowed = [0, 1]  # flat distribution: ban all but two ids, wherever their clusters are
     dist.adjust(tuple(i for i in range(50266) if i not in allowed), float("-inf"))
     draws = {dist.sample(1.0, 1.0, torch.Generator().manual_seed(s)) for s in range(20)}

@@ -252,10 +252,13 @@ class _Reader:
     def next_token(self) -> NextToken:
         if self.model.arch == "seed":
             return NextToken.from_scores(self._seed_log_probs())
-        out = self.model.decoder.output
-        if not out.cutoffs:
-            return NextToken.from_scores(self._decoder_head(full=True))
-        return _adaptive_next_token(out, *self._decoder_head(), linear=self.model.decoder.linear)
+        dec = self.model.decoder
+        with torch.inference_mode():
+            h = self._last_hidden()
+            if not dec.output.cutoffs:
+                return NextToken.from_scores(dec.output.log_probs(h)[0])
+            head = dec.output.head_log_probs(h, dec.linear)
+        return _adaptive_next_token(dec.output, h, head, dec.linear)
 
     @torch.inference_mode()
     def _seed_log_probs(self) -> torch.Tensor:
@@ -264,11 +267,9 @@ class _Reader:
         x = torch.tensor([[PAD_ID] * (m.config.context - len(window)) + window], device=self.device)
         return F.log_softmax(m.seed(x)[0].float(), -1)
 
-    @torch.inference_mode()
-    def _decoder_head(self, full: bool = False):
-        """The last hidden state and the adaptive softmax's head log-probs (full: log-probs of every id)."""
-        m, device = self.model, self.device
-        dec = m.decoder
+    def _last_hidden(self) -> torch.Tensor:
+        """The decoder's hidden state [1, d] after the story so far (call in inference mode)."""
+        dec, device = self.model.decoder, self.device
         if self.cache is not None and len(self.body) - self.start <= self.room:
             h = dec(torch.tensor([[self.body[-1]]], device=device), self.cache)
         else:  # first call, or the window is full: move it by whole strides and re-read
@@ -276,24 +277,18 @@ class _Reader:
                 self.start += self.stride
             self.cache = dec.new_cache()
             h = dec(torch.tensor([self.prefix + self.body[self.start :]], device=device), self.cache)
-        h = h[:, -1]
-        if full:
-            return F.log_softmax(dec.output.linear(h)[0].float(), -1)
-        return h, dec.output.head_log_probs(h, dec.linear)
-
-    def next_log_probs(self) -> torch.Tensor:
-        """log p(next token) of every id, in id order."""
-        return self.next_token().log_probs()
+        return h[:, -1]
 
 
-def _adaptive_next_token(out, h: torch.Tensor, head: torch.Tensor, linear=None) -> NextToken:
-    """h [1, d] and head = out.head_log_probs(h): the head cluster now, each tail cluster when needed."""
+def _adaptive_next_token(out, h: torch.Tensor, head: torch.Tensor, linear) -> NextToken:
+    """h [1, d] and head = out.head_log_probs(h, linear): the head cluster now, each tail cluster when needed
+    (`linear`: the decoder's, Decoder.linear)."""
     layout, perms = _cluster_layout(out)
     shortlist = out.cutoffs[0]
     bounds = head[0, shortlist:].tolist()  # log-probability of each tail cluster as a whole
     blocks = [_Block(lambda: head[0, :shortlist][perms[0]])]
     for c in range(1, len(perms)):
-        compute = torch.inference_mode()(lambda c=c: out.tail_log_probs(h, c, head, *([linear] if linear else []))[0][perms[c]])
+        compute = torch.inference_mode()(lambda c=c: out.tail_log_probs(h, c, head, linear)[0][perms[c]])
         blocks.append(_Block(compute, bounds[c - 1]))
     return NextToken(layout, blocks)
 

@@ -189,7 +189,7 @@ class CompactWeights:
         return F.linear(x, w32, layer.bias)
 
     def _exact_copy(self, w: torch.Tensor) -> torch.Tensor | None:
-        if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < self.MIN_SIZE or w.requires_grad and torch.is_grad_enabled():
+        if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < self.MIN_SIZE:
             return None
         with torch.no_grad():
             for dtype in (torch.float16, torch.bfloat16):
@@ -354,9 +354,8 @@ class Decoder(nn.Module):
             return self._step(idx, cache)
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.drop(self.output.embed(idx) + self.position(pos))
-        linear = _call if torch.is_grad_enabled() else self.compact.linear
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, linear)
+            x = block(x, cache, i, self.linear)
         if cache is not None:
             cache.length = start + idx.shape[1]
         return self.ln_f(x)
