@@ -144,7 +144,7 @@ def _looks_like_path(s: str) -> bool:
 def _local_rows(path: Path, split: str) -> tuple[Iterator, bool]:
     if path.is_file():
         return _file_rows(path), True
-    files = sorted(p for p in path.iterdir() if p.suffix in DATA_EXTENSIONS)
+    files = _local_files(path)
     if not files:
         raise DataError(f"no .jsonl/.json/.parquet files in folder {path}")
     named = [p for p in files if p.name.lower().startswith(_SPLIT_NAMES[split])]
@@ -282,13 +282,13 @@ class TokenizedStories:
     @classmethod
     def build(cls, tokenizer, stories: list[Story], batch: int = 2048) -> "TokenizedStories":
         """Tokenize in memory (small sets: tests, evaluation). `write` builds a cache folder in bounded memory."""
-        ids: list[list[int]] = []
-        for i in range(0, len(stories), batch):
-            ids += encode_stories(tokenizer, stories[i : i + batch])
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        tokens = np.fromiter((t for x in ids for t in x), dtype=np.uint16, count=int(offsets[-1]))
-        return cls(tokens, offsets, _tag_bits(stories))
+        lengths, tokens, bits = [np.zeros(0, np.int64)], [np.zeros(0, np.uint16)], [np.zeros(0, np.uint8)]
+        for n, t, b in _encoded_batches(tokenizer, stories, batch):
+            lengths.append(n)
+            tokens.append(t)
+            bits.append(b)
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))])
+        return cls(np.concatenate(tokens), offsets, np.concatenate(bits))
 
     # --- on disk: a folder tokens.npy + offsets.npy + tag_bits.npy + meta.json, written atomically
 
@@ -319,13 +319,10 @@ class TokenizedStories:
                 header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint16)), "fortran_order": False}
                 np.lib.format.write_array_header_1_0(f, {**header, "shape": (0,)})
                 data_start = f.tell()
-                stories = iter(stories)
-                while chunk := list(itertools.islice(stories, batch)):
-                    ids = encode_stories(tokenizer, chunk)
-                    n = np.array([len(x) for x in ids], dtype=np.int64)
-                    np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16, count=int(n.sum())).tofile(f)
+                for n, tokens, b in _encoded_batches(tokenizer, stories, batch):
+                    tokens.tofile(f)
                     lengths.append(n)
-                    bits.append(_tag_bits(chunk))
+                    bits.append(b)
                 if not lengths:
                     raise DataError(f"no stories to tokenize into {path}")
                 n_tokens = (f.tell() - data_start) // 2
@@ -355,6 +352,16 @@ class TokenizedStories:
                 or data.offsets[0] != 0 or data.offsets[-1] != n_tokens):
             raise CacheError(f"token cache {path} does not match its meta.json {meta}")
         return data
+
+
+def _encoded_batches(tokenizer, stories: Iterable[Story], batch: int):
+    """Per batch of stories: (their token counts int64, all their tokens uint16, their tag bits uint8)."""
+    stories = iter(stories)
+    while chunk := list(itertools.islice(stories, batch)):
+        ids = encode_stories(tokenizer, chunk)
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint16, count=int(lengths.sum()))
+        yield lengths, tokens, _tag_bits(chunk)
 
 
 def _tag_bits(stories: list[Story]) -> np.ndarray:
