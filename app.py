@@ -260,6 +260,7 @@ def release_freed_memory() -> None:
     except (OSError, AttributeError, TypeError):
         pass
 
+
 def model_sources(approach1: str | None = None, approach2: str | None = None, environ=os.environ) -> dict[int, str]:
     """Where each approach's weights come from: the CLI option, else its env var, else the bundled folder."""
     given = {1: approach1, 2: approach2}

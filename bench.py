@@ -41,7 +41,7 @@ from tinystories.tokenizer import GPT2_VOCAB_SIZE
 ROOT = Path(__file__).resolve().parent
 BUNDLED = ROOT / "checkpoints" / "approach2"
 STORY_TOKENS = 350
-TEMPERATURE = 0.8  # the app's and the CLI's default
+TEMPERATURE, TOP_P = 0.8, 0.9  # the app's and the CLI's defaults
 # seconds of training per arch, decoder stories, seed story tokens
 RUNS = {"quick": dict(train_seconds=8.0, stories=1, seed_tokens=40),
         "full": dict(train_seconds=30.0, stories=3, seed_tokens=120)}
@@ -201,7 +201,7 @@ def bench_generation(model, tokens: int, stories: int, device: torch.device) -> 
     model.to(device).eval()
     tags = ["Dialogue", "Twist"]
     with no_eos() as settings:
-        settings["temperature"] = TEMPERATURE
+        settings.update(temperature=TEMPERATURE, top_p=TOP_P)
         for _ in gen.stream_story(model, tags, seed=1234, max_tokens=8, **settings):  # warm-up
             pass
         first, total_time, total_tokens = [], 0.0, 0
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
         "params": {a: train[a]["params"] for a in train},
         "generation_models": sources,
         "story_tokens": {a: generation[a]["story_tokens"] for a in generation},
-        "generation_settings": {"temperature": TEMPERATURE, "top_p": 0.9},
+        "generation_settings": {"temperature": TEMPERATURE, "top_p": TOP_P},
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     if "one_thread" in generation["decoder"]:
