@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     try:
         for r in range(args.rounds + 1):  # round 0 warms up
             for name, kw in VARIANTS.items():
-                # fresh copies each time: nothing cached from another variant
+                # a float32 variant needs a model that has made no compact copies yet (they are cached per model)
                 m = load_model(args.model) if kw.get("float32") else model
                 with lever(**kw):
                     t0 = time.perf_counter()
