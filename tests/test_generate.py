@@ -202,3 +202,23 @@ def test_the_package_exports_the_generate_function_whatever_was_imported_first()
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+def test_the_draw_is_torch_multinomials_draw():
+    """_multinomial writes out torch.multinomial's one-sample method (argmax of p / Exp(1) noise) without its
+    checks: the same token and the same generator state after, for any probabilities. If a torch release changes
+    multinomial, this fails before any story silently changes."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    for case in range(400):
+        n = int(rng.integers(1, 80))
+        p = rng.random(n) ** 4 if case % 5 else np.full(n, 1.0)  # skewed, and uniform (every token tied)
+        if case % 7 == 0:
+            p[rng.integers(0, n)] = 1e-300  # a negligible token
+        p = p / p.sum()
+        ours, theirs = torch.Generator().manual_seed(case), torch.Generator().manual_seed(case)
+        for _ in range(3):
+            assert gen._multinomial(p, ours) == int(torch.multinomial(torch.from_numpy(p), 1, generator=theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())

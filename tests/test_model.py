@@ -182,6 +182,49 @@ def test_a_compact_copy_follows_its_weights_when_they_change(monkeypatch):
         assert torch.equal(after, expected.decoder(x).detach())
 
 
+def test_generation_steps_follow_weights_changed_in_place_or_replaced(monkeypatch):
+    """Decoder._step keeps what it reads (norms, prepared products) between tokens: a weight changed in place
+    (an optimizer step, load_state_dict) or replaced by another tensor must be read afresh."""
+    monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
+    model = fp16_exact_decoder()
+    x = torch.randint(0, 50257, (1, 10))
+
+    def steps_now_and_from_a_fresh_copy():
+        with torch.inference_mode():
+            steps = steps_through_the_cache(model, x, grad=False)
+        fresh = TinyStoriesModel(model.config).eval()
+        fresh.load_state_dict(model.state_dict())
+        return steps, steps_through_the_cache(fresh, x, grad=True).detach()
+
+    before, _ = steps_now_and_from_a_fresh_copy()
+    with torch.no_grad():
+        model.decoder.blocks[1].attn.proj.weight.mul_(2)  # in place; powers of 2 keep float16 values exact
+    in_place, expected = steps_now_and_from_a_fresh_copy()
+    assert not torch.equal(in_place, before) and torch.equal(in_place, expected)
+    block = model.decoder.blocks[0]
+    block.mlp[2].weight = torch.nn.Parameter(block.mlp[2].weight.detach() * 4)
+    replaced, expected = steps_now_and_from_a_fresh_copy()
+    assert not torch.equal(replaced, in_place) and torch.equal(replaced, expected)
+
+
+def test_threads_generating_at_once_get_what_each_gets_alone(monkeypatch):
+    """The compact copies' scratch buffer and the step plan are per thread: the app serves stories concurrently."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
+    model = fp16_exact_decoder()
+    prompts = [torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+
+    def run(x):
+        with torch.inference_mode():
+            return steps_through_the_cache(model, x, grad=False)
+
+    alone = [run(x) for x in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, prompts * 3))
+    assert all(torch.equal(got, alone[i % 4]) for i, got in enumerate(together))
+
+
 def test_a_model_with_compact_copies_still_copies_and_pickles(monkeypatch):
     import copy
     import pickle

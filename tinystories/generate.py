@@ -10,16 +10,18 @@ EOS bias schedule: from the `eos_bias_after`-th generated token on, the [EOS] lo
 +15 at the 350-token cap. Stories end near a natural stopping point instead of being cut off.
 
 Speed (python bench.py, scripts/generation_levers.py): a decoder step feeds one token through the KV cache
-(Decoder._step, float16 compact weights); the adaptive softmax's tail clusters are computed only when the draw
-needs them (NextToken); top-p sorts only a set of candidates that provably holds the nucleus; and the streamed
-text is decoded one token at a time (_StoryText). Each gives exactly what the straightforward code gives:
-tests/test_generate_reference.py.
+(Decoder._step: float16 compact weights, every tensor it reads looked up once per thread); the adaptive
+softmax's tail clusters are computed only when the draw needs them (NextToken); top-p sorts only a set of
+candidates that provably holds the nucleus; the draw is torch.multinomial's own method without its per-call
+checks (_multinomial); and the streamed text is decoded one token at a time (_StoryText). Each gives exactly
+what the straightforward code gives: tests/test_generate_reference.py.
 """
 from __future__ import annotations
 
 import codecs
 import math
 import sys
+from functools import partial
 from typing import Iterator
 
 import numpy as np
@@ -230,8 +232,15 @@ class NextToken:
                 break  # the same nucleus whatever the pending clusters hold, and none of their tokens in it
             self._compute(max(pending, key=lambda k: self.blocks[k].bound))
         kept = cand_w[order[:n]]
-        pick = int(torch.multinomial(torch.from_numpy(kept / kept.sum()), 1, generator=generator))
-        return int(cand_ids[order[pick]])
+        return int(cand_ids[order[_multinomial(kept / kept.sum(), generator)]])
+
+
+def _multinomial(p: np.ndarray, generator: torch.Generator) -> int:
+    """torch.multinomial(torch.from_numpy(p), 1, generator=generator) for float64 probabilities p: the same
+    draw and the same generator state, by torch's own one-sample method (argmax of p / Exp(1) noise, drawn from
+    the generator in one float64 tensor), without its per-call checks of p (tests/test_generate.py)."""
+    noise = torch.empty(len(p), dtype=torch.float64).exponential_(generator=generator)
+    return int(np.argmax(p / noise.numpy()))
 
 
 class _Reader:
@@ -286,28 +295,33 @@ def _adaptive_next_token(out, h: torch.Tensor, head: torch.Tensor, linear) -> Ne
     layout, perms = _cluster_layout(out)
     shortlist = out.cutoffs[0]
     bounds = head[0, shortlist:].tolist()  # log-probability of each tail cluster as a whole
-    blocks = [_Block(lambda: head[0, :shortlist][perms[0]])]
+    blocks = [_Block(partial(torch.index_select, head[0, :shortlist], 0, perms[0]))]
     for c in range(1, len(perms)):
-        compute = torch.inference_mode()(lambda c=c: out.tail_log_probs(h, c, head, linear)[0][perms[c]])
-        blocks.append(_Block(compute, bounds[c - 1]))
+        blocks.append(_Block(partial(_tail_scores, out, h, head, linear, c, perms[c]), bounds[c - 1]))
     return NextToken(layout, blocks)
+
+
+def _tail_scores(out, h, head, linear, cluster: int, perm: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of tail cluster `cluster`'s tokens, in id order."""
+    with torch.inference_mode():
+        return out.tail_log_probs(h, cluster, head, linear)[0].index_select(0, perm)
 
 
 def _cluster_layout(out) -> tuple[_Layout, list[torch.Tensor]]:
     """The clusters' ids (ascending) and, per cluster, the permutation from its rank order to id order.
     Cached on the module; recomputed if its rank_of_id changes."""
-    key = (out.rank_of_id.data_ptr(), out.rank_of_id._version, str(out.rank_of_id.device))
-    cached = getattr(out, "_generation_layout", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    id_of_rank = torch.argsort(out.rank_of_id.cpu())
+    rank_of_id = out.rank_of_id  # replaced by .to(device), changed in place (version) by set_token_counts
+    cached = out.__dict__.get("_generation_layout")
+    if cached is not None and cached[0] is rank_of_id and cached[1] == rank_of_id._version:
+        return cached[2]
+    id_of_rank = torch.argsort(rank_of_id.cpu())
     ids, perms = [], []
     for lo, hi in out.clusters():
         i, perm = id_of_rank[lo:hi].sort()
         ids.append(i.numpy())
         perms.append(perm.to(out.rank_of_id.device))
     value = (_Layout(ids), perms)
-    object.__setattr__(out, "_generation_layout", (key, value))
+    object.__setattr__(out, "_generation_layout", (rank_of_id, rank_of_id._version, value))
     return value
 
 

@@ -137,9 +137,10 @@ class KVCache:
             self.keys = [k.new_empty(B, H, self.context, hd) for _ in range(self.n_layers)]
             self.values = [v.new_empty(B, H, self.context, hd) for _ in range(self.n_layers)]
         end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        keys, values = self.keys[layer], self.values[layer]
+        keys.narrow(2, self.length, k.shape[2]).copy_(k)
+        values.narrow(2, self.length, v.shape[2]).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
 
 def _call(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -160,8 +161,8 @@ class CompactWeights:
     MIN_SIZE = 1 << 14  # smaller matrices stay in cache anyway
 
     def __init__(self):
-        self.copies: dict[int, tuple] = {}
-        self.local = threading.local()  # one scratch buffer per thread: the app serves stories concurrently
+        self.copies: dict[int, tuple] = {}  # id(layer) -> (its weight, the weight's version, compact copy or None)
+        self.local = threading.local()  # per thread (the app serves stories concurrently): scratch buffer, views
 
     def __deepcopy__(self, memo):
         return CompactWeights()
@@ -173,20 +174,31 @@ class CompactWeights:
         self.__init__()
 
     def linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return product(self.prepare(layer), x)
+
+    def prepare(self, layer: nn.Linear) -> tuple:
+        """(compact copy or None, the float32 matrix to multiply by, bias): what `product` needs for layer(x).
+        With a copy, the matrix is a view of this thread's scratch buffer, which `product` fills first."""
         w = layer.weight
         entry = self.copies.get(id(layer))
         if entry is None or entry[0] is not w or entry[1] != w._version:
             entry = self.copies[id(layer)] = (w, w._version, self._exact_copy(w))
         half = entry[2]
-        if half is None:
-            return layer(x)
-        buf = getattr(self.local, "buf", None)
+        return (None if half is None else half, w if half is None else self._scratch(half), layer.bias)
+
+    def _scratch(self, half: torch.Tensor) -> torch.Tensor:
+        """A float32 view shaped like `half` on this thread's scratch buffer (shared by every matrix)."""
+        local = self.local
+        buf, views = getattr(local, "buf", None), getattr(local, "views", None)
         if buf is None or buf.numel() < half.numel():
             with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
-                buf = self.local.buf = torch.empty(half.numel())
-        w32 = buf[: half.numel()].view(half.shape)
-        w32.copy_(half)
-        return F.linear(x, w32, layer.bias)
+                buf = local.buf = torch.empty(half.numel())
+            views = local.views = {}
+        view = views.get(id(half))
+        if view is None or view[0] is not half:
+            with torch.inference_mode(False):
+                view = views[id(half)] = (half, buf[: half.numel()].view(half.shape))
+        return view[1]
 
     def _exact_copy(self, w: torch.Tensor) -> torch.Tensor | None:
         if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < self.MIN_SIZE:
@@ -197,6 +209,14 @@ class CompactWeights:
                 if torch.equal(half.float(), w):
                     return half
         return None
+
+
+def product(prepared: tuple, x: torch.Tensor) -> torch.Tensor:
+    """x times a matrix prepared by CompactWeights.prepare: F.linear(x, weight, bias), the very same floats."""
+    half, w, bias = prepared
+    if half is not None:
+        w.copy_(half)
+    return F.linear(x, w, bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -267,7 +287,7 @@ class AdaptiveOutput(nn.Module):
         if not self.cutoffs:
             return F.embedding(idx, self.linear.weight)
         if idx.numel() == 1 and not torch.is_grad_enabled():
-            return self._embed_one(int(self.rank_of_id[idx.reshape(-1)[0]])).view(*idx.shape, -1)
+            return self._embed_one(int(self.rank_of_id[int(idx)])).view(*idx.shape, -1)
         rank = self.rank_of_id[idx]
         out = torch.empty(*idx.shape, self.asm.in_features, device=idx.device, dtype=self.asm.head.weight.dtype)
         for c, (lo, hi) in enumerate(zip(self.starts, self.ends)):
@@ -362,22 +382,48 @@ class Decoder(nn.Module):
 
     def _step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One token after the cached ones, for generation: forward()'s operations on the same tensors (so the
-        same floats: tests/test_model.py), as plain function calls, without nn.Module's per-call overhead,
-        which is a fair share of a step this small."""
-        start, linear = cache.length, self.compact.linear
+        same floats: tests/test_model.py), as plain function calls on tensors looked up once (_step_plan),
+        without nn.Module's per-call and per-attribute overhead, which is a fair share of a step this small."""
+        start = cache.length
         x = self.output.embed(idx) + self.position.weight[start : start + 1]
         B, T, C = x.shape
-        for i, block in enumerate(self.blocks):
-            attn, (fc, _, out, _) = block.attn, block.mlp
-            h = F.layer_norm(x, (C,), block.ln1.weight, block.ln1.bias, block.ln1.eps)
-            q, k, v = linear(attn.qkv, h).view(B, T, 3, attn.n_heads, C // attn.n_heads).permute(2, 0, 3, 1, 4)
+        blocks, ln_f = self._step_plan()
+        for i, (ln1, qkv, n_heads, proj, ln2, fc, out) in enumerate(blocks):
+            h = F.layer_norm(x, (C,), *ln1)
+            q, k, v = product(qkv, h).view(B, T, 3, n_heads, C // n_heads).permute(2, 0, 3, 1, 4)
             k, v = cache.update(i, k, v)
             y = F.scaled_dot_product_attention(q, k, v)
-            x = x + linear(attn.proj, y.transpose(1, 2).reshape(B, T, C))
-            h = F.layer_norm(x, (C,), block.ln2.weight, block.ln2.bias, block.ln2.eps)
-            x = x + linear(out, F.gelu(linear(fc, h)))
+            x = x + product(proj, y.transpose(1, 2).reshape(B, T, C))
+            h = F.layer_norm(x, (C,), *ln2)
+            x = x + product(out, F.gelu(product(fc, h)))
         cache.length = start + 1
-        return F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        return F.layer_norm(x, (C,), *ln_f)
+
+    def _step_plan(self) -> tuple[list[tuple], tuple]:
+        """Every tensor _step reads, per block, with its products prepared (CompactWeights.prepare). Kept per
+        thread (the compact copies' scratch views are) and rebuilt when a tensor is replaced or changes in place:
+        training or load_state_dict between stories."""
+        local = self.compact.local
+        plan = getattr(local, "step_plan", None)
+        if plan is not None and all(owner._parameters[name] is t and t._version == v for owner, name, t, v in plan[0]):
+            return plan[1]
+        used = []  # (module, parameter name, the tensor read)
+
+        def read(module: nn.Module) -> nn.Module:
+            used.extend((module, name, t) for name, t in module._parameters.items() if t is not None)
+            return module
+
+        def norm(ln: nn.LayerNorm) -> tuple:
+            return read(ln).weight, ln.bias, ln.eps
+
+        def prepared(layer: nn.Linear) -> tuple:
+            return self.compact.prepare(read(layer))
+
+        blocks = [(norm(b.ln1), prepared(b.attn.qkv), b.attn.n_heads, prepared(b.attn.proj), norm(b.ln2),
+                   prepared(b.mlp[0]), prepared(b.mlp[2])) for b in self.blocks]
+        steps = (blocks, norm(self.ln_f))
+        local.step_plan = ([(owner, name, t, t._version) for owner, name, t in used], steps)
+        return steps
 
 
 # ----------------------------------------------------------------------------------------------- the model
