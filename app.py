@@ -38,6 +38,7 @@ import torch
 
 from tinystories import (MAX_TOKENS, TAGS, CheckpointError, GenerationError, UnknownTagError, check_settings,
                          load_model, normalize_tags, stream_story)
+from tinystories.generate import DEFAULT_THREADS, THREADS_ENV, generation_threads
 from tinystories.hub import read_card_metrics
 
 log = logging.getLogger("tinystories.app")
@@ -66,9 +67,8 @@ SEED_RANGE = 2**31  # a random seed is drawn below this, so it stays easy to cop
 #   1 thread:  one /compare 180 tokens/s, two /compare at once 191 tokens/s in all
 #   2 threads: one /compare 165 tokens/s, two /compare at once 149 tokens/s in all
 # (bench.py on a quiet machine: one story 176 tokens/s on 1 thread, 173 on 2.) Through HTTP, scripts/app_memory.py
-# --parallel 2 agrees in direction but swings 2x with the machine's load.
-THREADS_ENV = "TINYSTORIES_THREADS"
-DEFAULT_THREADS = 1
+# --parallel 2 agrees in direction but swings 2x with the machine's load. (THREADS_ENV, DEFAULT_THREADS: from
+# tinystories.generate, whose CLI follows the same rule.)
 
 
 def detect_tags(story: str) -> list[str] | None:
@@ -428,16 +428,10 @@ def build_demo(models: dict, notes: dict[int, str] | None = None) -> gr.Blocks:
     return demo
 
 
-def serving_threads(flag: int | None = None, environ=os.environ) -> int:
-    """Torch threads for generation: --threads, else $TINYSTORIES_THREADS, else DEFAULT_THREADS (1)."""
-    value = flag if flag is not None else environ.get(THREADS_ENV, "").strip() or DEFAULT_THREADS
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise ValueError(f"{THREADS_ENV} (or --threads) must be a positive integer, got {value!r}")
-    return threads
+def serving_threads(flag: int | None = None, environ=None) -> int:
+    """Torch threads for generation: --threads, else $TINYSTORIES_THREADS, else DEFAULT_THREADS (1); the CLI's
+    rule (tinystories.generate.generation_threads)."""
+    return generation_threads(flag, environ)
 
 
 def apply_threads(threads: int) -> None:

@@ -13,11 +13,13 @@ Training: predicted tokens/s of forward + backward + optimizer step, each arch w
   Token ids are drawn from a Zipf law over frequency ranks (like text: most targets in the adaptive softmax's
   head cluster), with a fixed seed.
 Generation: tokens/s of a whole story of exactly 350 tokens (the cap; [EOS] is suppressed so no story ends
-  early) through the public `stream_story`, and the time to its first token, with the app's and CLI's
-  defaults (temperature 0.8, top-p 0.9); the median of several stories (5 with --quick, 15 without), with
-  their range. decoder: the bundled checkpoint (checkpoints/approach2) when it loads, else random weights of that size; it reads its
-  window through a KV cache. seed: random weights; every token re-reads the whole 50-token window, so its
-  cost per token is the same at every length and a shorter story gives the same tokens/s.
+  early) through the public `stream_story`, and the time to its first token, as the CLI and the app generate:
+  temperature 0.8, top-p 0.9, 1 torch thread per story (tinystories.generate.generation_threads); the median of
+  several stories (5 with --quick, 15 without), with their range. On a CPU the decoder is measured on all
+  threads too. decoder: the bundled checkpoint (checkpoints/approach2) when it loads, else random weights of
+  that size; it reads its window through a KV cache. seed: random weights; every token re-reads the whole
+  50-token window, so its cost per token is the same at every length and a shorter story gives the same
+  tokens/s.
 """
 from __future__ import annotations
 
@@ -57,7 +59,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="shorter measurements: under 2 minutes")
     p.add_argument("--json", action="store_true", help="print all results as one JSON object on the last line")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for training (default: torch's, all cores)")
+    p.add_argument("--generation-threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads for generation (default: the CLI's and the app's, $TINYSTORIES_THREADS "
+                        "else 1); on a CPU the decoder is also measured on all --threads")
     p.add_argument("--model", default=None, help=f"checkpoint for the decoder's generation (default: {BUNDLED})")
     return p.parse_args(argv)
 
@@ -227,9 +233,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    try:
+        gen_threads = gen.generation_threads(args.generation_threads)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     device = pick_device(args.device)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
-    say(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+    say(f"device {device}, torch {torch.__version__}, {threads} CPU threads ({gen_threads} to generate), "
         f"{platform.processor() or platform.machine()}{' (quick)' if args.quick else ''}")
     cfgs = configs()
     run = RUNS["quick" if args.quick else "full"]
@@ -240,17 +252,17 @@ def main(argv=None) -> int:
     plan = {"decoder": (STORY_TOKENS, run["stories"]), "seed": (run["seed_tokens"], 1)}
     for arch, (tokens, stories) in plan.items():
         model, sources[arch] = generation_model(arch, cfgs, args.model, say)
+        torch.set_num_threads(gen_threads)  # as `python -m tinystories.generate` and the app generate
         generation[arch] = g = bench_generation(model, tokens, stories, device)
+        torch.set_num_threads(threads)
         lo, hi = g["tokens_per_s_range"]
         say(f"generate {arch:8s} {g['tokens_per_s']:8.1f} tokens/s, first token {g['first_token_ms']:6.1f} ms   "
-            f"(median of {stories} x {tokens}-token story: {lo:.0f}-{hi:.0f}; {sources[arch]})")
-        if arch == "decoder" and device.type == "cpu" and torch.get_num_threads() > 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # one token at a time is a chain of small ops: threads may cost more than pay
-            g["one_thread"] = bench_generation(model, tokens, stories, device)
-            torch.set_num_threads(threads)
-            say(f"generate {arch:8s} {g['one_thread']['tokens_per_s']:8.1f} tokens/s, first token "
-                f"{g['one_thread']['first_token_ms']:6.1f} ms   (the same, 1 CPU thread)")
+            f"(median of {stories} x {tokens}-token story: {lo:.0f}-{hi:.0f}; {gen_threads} CPU thread(s); "
+            f"{sources[arch]})")
+        if arch == "decoder" and device.type == "cpu" and threads != gen_threads:
+            g["all_threads"] = a = bench_generation(model, tokens, stories, device)
+            say(f"generate {arch:8s} {a['tokens_per_s']:8.1f} tokens/s, first token {a['first_token_ms']:6.1f} ms   "
+                f"(the same on {threads} CPU threads)")
         del model
     generation_rss = peak_rss_mb()
 
@@ -264,7 +276,8 @@ def main(argv=None) -> int:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "generation_peak_rss_mb": round(generation_rss, 1),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
+        "generation_threads": gen_threads,
         "torch": torch.__version__,
         "quick": args.quick,
         "params": {a: train[a]["params"] for a in train},
@@ -276,10 +289,10 @@ def main(argv=None) -> int:
         "generation_settings": {"temperature": TEMPERATURE, "top_p": TOP_P},
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    if "one_thread" in generation["decoder"]:
-        one = generation["decoder"]["one_thread"]
-        result["decoder_generation_1_thread"] = {"tokens_per_s": round(one["tokens_per_s"], 1),
-                                                 "first_token_ms": round(one["first_token_ms"], 1)}
+    if "all_threads" in generation["decoder"]:
+        a = generation["decoder"]["all_threads"]
+        result["decoder_generation_all_threads"] = {"threads": threads, "tokens_per_s": round(a["tokens_per_s"], 1),
+                                                    "first_token_ms": round(a["first_token_ms"], 1)}
     if any("mfu" in t for t in train.values()):
         result["mfu"] = {a: round(train[a]["mfu"], 4) for a in train if "mfu" in train[a]}
     say(f"training: the decoder predicts {result['train_speedup']}x the tokens/s of the seed arch; peak RSS "

@@ -9,7 +9,9 @@ the levers change speed, never the output.
   all levers        what stream_story does
   all clusters      every adaptive-softmax cluster computed at every token (no lazy tail clusters)
   float32 weights   the matrices read as float32 (no float16 compact copies)
-  neither           both of the above
+  module step       a token goes through the decoder's nn.Modules (forward's general path), not Decoder._step
+  multinomial       the draw by torch.multinomial itself, with its per-call checks
+  none              all four of the above
 """
 from __future__ import annotations
 
@@ -28,24 +30,43 @@ sys.path.insert(0, str(ROOT))
 
 gen = importlib.import_module("tinystories.generate")
 from tinystories.hub import load_model  # noqa: E402
-from tinystories.model import CompactWeights  # noqa: E402
+from tinystories.model import CompactWeights, Decoder  # noqa: E402
+
+
+def module_step(self, idx, cache):
+    """Decoder.forward's general path for one cached token: every block as an nn.Module call."""
+    start = cache.length
+    x = self.drop(self.output.embed(idx) + self.position(torch.arange(start, start + 1)))
+    for i, block in enumerate(self.blocks):
+        x = block(x, cache, i, self.linear)
+    cache.length = start + 1
+    return self.ln_f(x)
+
+
+def torch_multinomial(p, generator):
+    return int(torch.multinomial(torch.from_numpy(p), 1, generator=generator))
 
 
 @contextlib.contextmanager
-def lever(all_clusters: bool = False, float32: bool = False):
-    real_sample, real_copy = gen.NextToken.sample, CompactWeights._exact_copy
+def lever(all_clusters=False, float32=False, modules=False, multinomial=False):
+    real = gen.NextToken.sample, CompactWeights._exact_copy, Decoder._step, gen._multinomial
     if all_clusters:
-        gen.NextToken.sample = lambda self, *a: (self.scores(), real_sample(self, *a))[1]
+        gen.NextToken.sample = lambda self, *a: (self.scores(), real[0](self, *a))[1]
     if float32:
         CompactWeights._exact_copy = lambda self, w: None
+    if modules:
+        Decoder._step = module_step
+    if multinomial:
+        gen._multinomial = torch_multinomial
     try:
         yield
     finally:
-        gen.NextToken.sample, CompactWeights._exact_copy = real_sample, real_copy
+        gen.NextToken.sample, CompactWeights._exact_copy, Decoder._step, gen._multinomial = real
 
 
 VARIANTS = {"all levers": {}, "all clusters": dict(all_clusters=True), "float32 weights": dict(float32=True),
-            "neither": dict(all_clusters=True, float32=True)}
+            "module step": dict(modules=True), "multinomial": dict(multinomial=True),
+            "none": dict(all_clusters=True, float32=True, modules=True, multinomial=True)}
 
 
 def main(argv=None) -> int:
@@ -77,11 +98,11 @@ def main(argv=None) -> int:
                     speeds[name].append(tokens / dt)
     finally:
         gen.EOS_BIAS_STEP = real_step
-    base = statistics.median(speeds["neither"])
+    base = statistics.median(speeds["none"])
     print(f"{args.model}, {args.threads} thread(s), {args.rounds} rounds, 350-token story, median tokens/s:")
     for name, s in speeds.items():
         med = statistics.median(s)
-        print(f"  {name:16s} {med:7.1f}  ({med / base:.2f}x 'neither'; min {min(s):.1f}, max {max(s):.1f})")
+        print(f"  {name:16s} {med:7.1f}  ({med / base:.2f}x 'none'; min {min(s):.1f}, max {max(s):.1f})")
     return 0
 
 

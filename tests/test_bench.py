@@ -51,11 +51,26 @@ def test_json_is_one_object_on_the_last_line_with_every_number(tiny_bench, capsy
     assert result["train_speedup"] == pytest.approx(
         result["train_tokens_per_s"]["decoder"] / result["train_tokens_per_s"]["seed"], rel=0.02, abs=0.006)
     assert result["peak_rss_mb"] >= result["generation_peak_rss_mb"] > 0
-    assert result["device"] == "cpu" and result["threads"] == 1
+    assert result["device"] == "cpu" and result["threads"] == 1 and result["generation_threads"] == 1
     assert result["story_tokens"] == {"decoder": 40, "seed": 8}
     assert result["generation_settings"] == {"temperature": 0.8, "top_p": 0.9}  # the app's defaults
     assert "random weights" in result["generation_models"]["decoder"]  # no checkpoint there: said, not hidden
     assert "no usable checkpoint" in out.err
+
+
+def test_generation_is_measured_on_the_clis_thread_count_and_on_all_threads(tiny_bench, capsys, tmp_path,
+                                                                             monkeypatch):
+    seen = []
+    real = bench.bench_generation
+    monkeypatch.setattr(bench, "bench_generation", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+    monkeypatch.delenv("TINYSTORIES_THREADS", raising=False)
+    assert bench.main(["--quick", "--json", "--threads", "2", "--model", str(tmp_path / "no-checkpoint")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert seen == [1, 2, 1]  # decoder on 1 thread (the CLI's and the app's default), on all 2; seed on 1
+    assert (result["threads"], result["generation_threads"]) == (2, 1)
+    assert result["decoder_generation_all_threads"]["threads"] == 2
+    assert bench.main(["--quick", "--generation-threads", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
 
 
 def test_without_json_it_prints_readable_lines_only(tiny_bench, capsys, tmp_path):

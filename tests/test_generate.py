@@ -195,6 +195,23 @@ def test_cli_refuses_an_unknown_tag_without_a_traceback(run_module, approach2_di
     assert result.stdout == ""
 
 
+def test_cli_generates_on_one_torch_thread_unless_told_otherwise(monkeypatch, approach2_dir):
+    threads = []
+    monkeypatch.setattr(gen.torch, "set_num_threads", threads.append)
+    monkeypatch.delenv("TINYSTORIES_THREADS", raising=False)
+    args = ["--model", str(approach2_dir), "--seed", "0", "--max-tokens", "3"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert gen.main(args) == 0
+        monkeypatch.setenv("TINYSTORIES_THREADS", "2")
+        assert gen.main(args) == 0
+        assert gen.main(args + ["--threads", "3"]) == 0  # the flag wins
+    assert threads == [1, 2, 3]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert gen.main(args + ["--threads", "0"]) == 2
+    assert "--threads" in err.getvalue() and "positive integer" in err.getvalue()
+
+
 def test_the_package_exports_the_generate_function_whatever_was_imported_first():
     code = ("from tinystories.generate import stream_story\n"
             "from tinystories import generate\n"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import os
 import sys
 from functools import partial
 from typing import Iterator
@@ -34,6 +35,11 @@ from .tokenizer import EOS_ID, GPT2_VOCAB_SIZE, PAD_ID, VOCAB_SIZE, normalize_ta
 
 MAX_TOKENS = 350
 EOS_BIAS_STEP = 0.1
+# torch threads per story for the CLI and the app: one token at a time is a chain of small operations, which a
+# second thread does not speed up on a small CPU (bench.py measures both), and two stories at once (the app's
+# Compare tab) would oversubscribe it.
+THREADS_ENV = "TINYSTORIES_THREADS"
+DEFAULT_THREADS = 1
 
 
 class GenerationError(ValueError):
@@ -61,6 +67,19 @@ def check_settings(temperature=1.0, top_p=0.9, max_tokens=MAX_TOKENS, eos_bias_a
         eos_bias_after=number("eos_bias_after", eos_bias_after, 0, MAX_TOKENS, int),
         seed=None if seed is None or seed == "" else number("seed", seed, 0, 2**63 - 1, int),
     )
+
+
+def generation_threads(flag: int | None = None, environ=None) -> int:
+    """Torch threads to generate with: `flag` (--threads), else $TINYSTORIES_THREADS, else DEFAULT_THREADS."""
+    environ = os.environ if environ is None else environ
+    value = flag if flag is not None else environ.get(THREADS_ENV, "").strip() or DEFAULT_THREADS
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"{THREADS_ENV} (or --threads) must be a positive integer, got {value!r}")
+    return threads
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -207,8 +226,11 @@ class NextToken:
                 continue
             if temperature < 1e-6:
                 return int(ids[i_max])
-            w = s.astype(np.float64) - m
-            w = np.exp(w if temperature == 1 else w / temperature)
+            w = s.astype(np.float64)  # a fresh array: exp((s - m) / temperature) computed in place
+            w -= m
+            if temperature != 1:
+                w /= temperature
+            np.exp(w, out=w)
             z = float(w.sum())
             # Tokens of pending clusters add between 0 and `extra` to Z, and each scores at most `top`.
             power = max(0.0, 1 - 1 / temperature)  # sum of p^(1/T) over a cluster <= size^power * P^(1/T)
@@ -444,10 +466,13 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.8, help="default 0.8: tuned for the bundled weights")
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--eos-bias-after", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=f"torch threads (default: ${THREADS_ENV}, else {DEFAULT_THREADS})")
     args = p.parse_args(argv)
     try:
         tags = normalize_tags(args.tags)
         settings = check_settings(args.temperature, args.top_p, args.max_tokens, args.eos_bias_after, args.seed)
+        torch.set_num_threads(generation_threads(args.threads))
         model = load_model(args.model)
     except (ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
