@@ -88,6 +88,25 @@ def test_the_eos_bias_grows_from_eos_bias_after(approach2_model, sampled, monkey
     assert seen == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3], abs=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["decoder", "seed"])
+def test_a_model_in_training_mode_generates_as_in_eval_mode_and_stays_in_training(arch, tokenizer):
+    """Dropout must not reach a story (it would draw from torch's global RNG: not reproducible with a seed)."""
+    import torch
+
+    from conftest import tiny_decoder_config, tiny_seed_config
+    from tinystories import TinyStoriesModel
+
+    torch.manual_seed(0)
+    model = TinyStoriesModel((tiny_decoder_config if arch == "decoder" else tiny_seed_config)(dropout=0.5))
+    model.tokenizer = tokenizer
+    settings = dict(seed=3, max_tokens=30, eos_bias_after=350)
+    model.eval()
+    expected = generate(model, ["Conflict"], **settings)
+    model.train()
+    assert generate(model, ["Conflict"], **settings) == expected
+    assert model.training and all(m.training for m in model.modules())
+
+
 def test_streaming_yields_growing_prefixes_of_the_story(approach2_model):
     parts = list(stream_story(approach2_model, ["MoralValue"], seed=2, max_tokens=25))
     assert len(parts) >= 5

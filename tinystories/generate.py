@@ -281,6 +281,15 @@ class _Reader:
         self.body.append(token)
 
     def next_token(self) -> NextToken:
+        if self.model.training:  # a model mid-training: read as evaluation does, without dropout; then put back
+            self.model.eval()
+            try:
+                return self._next_token()
+            finally:
+                self.model.train()
+        return self._next_token()
+
+    def _next_token(self) -> NextToken:
         if self.model.arch == "seed":
             return NextToken.from_scores(self._seed_log_probs())
         dec = self.model.decoder
