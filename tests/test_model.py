@@ -205,6 +205,8 @@ def test_generation_steps_follow_weights_changed_in_place_or_replaced(monkeypatc
     block.mlp[2].weight = torch.nn.Parameter(block.mlp[2].weight.detach() * 4)
     replaced, expected = steps_now_and_from_a_fresh_copy()
     assert not torch.equal(replaced, in_place) and torch.equal(replaced, expected)
+    shapes = {m.weight.shape for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)}
+    assert len(model.decoder.compact.local.views) == len(shapes)  # one scratch view per shape: no stale copies kept
 
 
 def test_threads_generating_at_once_get_what_each_gets_alone(monkeypatch):

@@ -184,21 +184,21 @@ class CompactWeights:
         if entry is None or entry[0] is not w or entry[1] != w._version:
             entry = self.copies[id(layer)] = (w, w._version, self._exact_copy(w))
         half = entry[2]
-        return (None if half is None else half, w if half is None else self._scratch(half), layer.bias)
+        return half, w if half is None else self._scratch(half.shape), layer.bias
 
-    def _scratch(self, half: torch.Tensor) -> torch.Tensor:
-        """A float32 view shaped like `half` on this thread's scratch buffer (shared by every matrix)."""
+    def _scratch(self, shape: torch.Size) -> torch.Tensor:
+        """A float32 view of this shape on this thread's scratch buffer (every matrix's, from its start)."""
         local = self.local
         buf, views = getattr(local, "buf", None), getattr(local, "views", None)
-        if buf is None or buf.numel() < half.numel():
+        if buf is None or buf.numel() < shape.numel():
             with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
-                buf = local.buf = torch.empty(half.numel())
+                buf = local.buf = torch.empty(shape.numel())
             views = local.views = {}
-        view = views.get(id(half))
-        if view is None or view[0] is not half:
+        view = views.get(shape)
+        if view is None:
             with torch.inference_mode(False):
-                view = views[id(half)] = (half, buf[: half.numel()].view(half.shape))
-        return view[1]
+                view = views[shape] = buf[: shape.numel()].view(shape)
+        return view
 
     def _exact_copy(self, w: torch.Tensor) -> torch.Tensor | None:
         if w.device.type != "cpu" or w.dtype != torch.float32 or w.numel() < self.MIN_SIZE:
@@ -405,7 +405,8 @@ class Decoder(nn.Module):
         training or load_state_dict between stories."""
         local = self.compact.local
         plan = getattr(local, "step_plan", None)
-        if plan is not None and all(owner._parameters[name] is t and t._version == v for owner, name, t, v in plan[0]):
+        if plan is not None and all(owner._parameters[name] is t and t._version == v
+                                    for owner, name, t, v in plan[0]):
             return plan[1]
         used = []  # (module, parameter name, the tensor read)
 
