@@ -35,12 +35,7 @@ from tinystories.model import CompactWeights, Decoder  # noqa: E402
 
 def module_step(self, idx, cache):
     """Decoder.forward's general path for one cached token: every block as an nn.Module call."""
-    start = cache.length
-    x = self.drop(self.output.embed(idx) + self.position(torch.arange(start, start + 1)))
-    for i, block in enumerate(self.blocks):
-        x = block(x, cache, i, self.linear)
-    cache.length = start + 1
-    return self.ln_f(x)
+    return self._through_modules(idx, cache, cache.length)
 
 
 def torch_multinomial(p, generator):

@@ -372,6 +372,10 @@ class Decoder(nn.Module):
             raise ValueError(f"{start + idx.shape[1]} tokens exceed the context of {self.context}")
         if start and idx.shape[1] == 1 and not torch.is_grad_enabled() and not self.training:
             return self._step(idx, cache)
+        return self._through_modules(idx, cache, start)
+
+    def _through_modules(self, idx: torch.Tensor, cache: KVCache | None, start: int) -> torch.Tensor:
+        """forward's general path: positions from `start`, every block as an nn.Module call."""
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.drop(self.output.embed(idx) + self.position(pos))
         for i, block in enumerate(self.blocks):
