@@ -428,12 +428,6 @@ def build_demo(models: dict, notes: dict[int, str] | None = None) -> gr.Blocks:
     return demo
 
 
-def serving_threads(flag: int | None = None, environ=None) -> int:
-    """Torch threads for generation: --threads, else $TINYSTORIES_THREADS, else DEFAULT_THREADS (1); the CLI's
-    rule (tinystories.generate.generation_threads)."""
-    return generation_threads(flag, environ)
-
-
 def apply_threads(threads: int) -> None:
     """Set torch's intra-op threads for every thread that generates afterwards (Gradio's worker threads too:
     each takes the process-wide setting on its first torch operation)."""
@@ -463,7 +457,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        threads = serving_threads(args.threads)
+        threads = generation_threads(args.threads)  # --threads, else $TINYSTORIES_THREADS, else 1
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

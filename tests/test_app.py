@@ -307,12 +307,12 @@ def threads_in_a_new_thread() -> int:
 
 def test_threads_default_to_1_unless_the_flag_or_the_env_var_says_otherwise():
     assert app.DEFAULT_THREADS == 1
-    assert app.serving_threads(None, environ={}) == 1
-    assert app.serving_threads(None, environ={"TINYSTORIES_THREADS": " 2 "}) == 2
-    assert app.serving_threads(3, environ={"TINYSTORIES_THREADS": "2"}) == 3  # the flag wins
+    assert app.generation_threads(None, environ={}) == 1
+    assert app.generation_threads(None, environ={"TINYSTORIES_THREADS": " 2 "}) == 2
+    assert app.generation_threads(3, environ={"TINYSTORIES_THREADS": "2"}) == 3  # the flag wins
     for bad in ["0", "-1", "two", "1.5"]:
         with pytest.raises(ValueError, match="TINYSTORIES_THREADS .* must be a positive integer"):
-            app.serving_threads(None, environ={"TINYSTORIES_THREADS": bad})
+            app.generation_threads(None, environ={"TINYSTORIES_THREADS": bad})
 
 
 @pytest.mark.parametrize("env, argv, expected", [(None, [], 1), ("2", [], 2), ("2", ["--threads", "1"], 1)])

@@ -350,7 +350,7 @@ def _cluster_layout(out) -> tuple[_Layout, list[torch.Tensor]]:
     for lo, hi in out.clusters():
         i, perm = id_of_rank[lo:hi].sort()
         ids.append(i.numpy())
-        perms.append(perm.to(out.rank_of_id.device))
+        perms.append(perm.to(rank_of_id.device))
     value = (_Layout(ids), perms)
     object.__setattr__(out, "_generation_layout", (rank_of_id, rank_of_id._version, value))
     return value
