@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinystories import kernels
 from tinystories.model import TinyStoriesConfig, TinyStoriesModel
 from tinystories.tokenizer import GPT2_VOCAB_SIZE
 
@@ -241,8 +242,9 @@ def main(argv=None) -> int:
         return 2
     device = pick_device(args.device)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
+    step = kernels.describe() if device.type == "cpu" else "torch"
     say(f"device {device}, torch {torch.__version__}, {threads} CPU threads ({gen_threads} to generate), "
-        f"{platform.processor() or platform.machine()}{' (quick)' if args.quick else ''}")
+        f"{platform.processor() or platform.machine()}{' (quick)' if args.quick else ''}; generation steps: {step}")
     cfgs = configs()
     run = RUNS["quick" if args.quick else "full"]
     t_start = time.perf_counter()
@@ -278,6 +280,7 @@ def main(argv=None) -> int:
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "threads": threads,
         "generation_threads": gen_threads,
+        "generation_step": step,
         "torch": torch.__version__,
         "quick": args.quick,
         "params": {a: train[a]["params"] for a in train},

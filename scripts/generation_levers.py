@@ -7,11 +7,16 @@ machine (a shared cloud CPU) shifts all of them alike. Every variant generates t
 the levers change speed, never the output.
 
   all levers        what stream_story does
+  python step       a token through Decoder._step's torch operations (products still native), not the native step
+  no native code    no tinystories.kernels at all: the step, and one-row products, through torch
   all clusters      every adaptive-softmax cluster computed at every token (no lazy tail clusters)
   float32 weights   the matrices read as float32 (no float16 compact copies)
   module step       a token goes through the decoder's nn.Modules (forward's general path), not Decoder._step
   multinomial       the draw by torch.multinomial itself, with its per-call checks
-  none              all four of the above
+  none              all of the above
+
+Every variant generates the very same story, except that native code (tinystories.kernels) rounds differently
+from torch in the last bits of float32; the script reports whether that changed the story.
 """
 from __future__ import annotations
 
@@ -43,8 +48,9 @@ def torch_multinomial(p, generator):
 
 
 @contextlib.contextmanager
-def lever(all_clusters=False, float32=False, modules=False, multinomial=False):
-    real = gen.NextToken.sample, CompactWeights._exact_copy, Decoder._step, gen._multinomial
+def lever(all_clusters=False, float32=False, modules=False, multinomial=False, python_step=False, no_native=False):
+    real = (gen.NextToken.sample, CompactWeights._exact_copy, Decoder._step, gen._multinomial, Decoder._native_plan,
+            CompactWeights._native)
     if all_clusters:
         gen.NextToken.sample = lambda self, *a: (self.scores(), real[0](self, *a))[1]
     if float32:
@@ -53,15 +59,21 @@ def lever(all_clusters=False, float32=False, modules=False, multinomial=False):
         Decoder._step = module_step
     if multinomial:
         gen._multinomial = torch_multinomial
+    if python_step or no_native:
+        Decoder._native_plan = lambda self, blocks, ln_f: None
+    if no_native:
+        CompactWeights._native = staticmethod(lambda half, bias: None)
     try:
         yield
     finally:
-        gen.NextToken.sample, CompactWeights._exact_copy, Decoder._step, gen._multinomial = real
+        gen.NextToken.sample, CompactWeights._exact_copy, Decoder._step, gen._multinomial, Decoder._native_plan = real[:5]
+        CompactWeights._native = staticmethod(real[5])
 
 
-VARIANTS = {"all levers": {}, "all clusters": dict(all_clusters=True), "float32 weights": dict(float32=True),
+VARIANTS = {"all levers": {}, "python step": dict(python_step=True), "no native code": dict(no_native=True),
+            "all clusters": dict(all_clusters=True), "float32 weights": dict(float32=True),
             "module step": dict(modules=True), "multinomial": dict(multinomial=True),
-            "none": dict(all_clusters=True, float32=True, modules=True, multinomial=True)}
+            "none": dict(all_clusters=True, float32=True, modules=True, multinomial=True, no_native=True)}
 
 
 def main(argv=None) -> int:
@@ -81,18 +93,22 @@ def main(argv=None) -> int:
     try:
         for r in range(args.rounds + 1):  # round 0 warms up
             for name, kw in VARIANTS.items():
-                # a float32 variant needs a model that has made no compact copies yet (they are cached per model)
-                m = load_model(args.model) if kw.get("float32") else model
+                # these variants need a model that has prepared no products yet (they are cached per model)
+                m = load_model(args.model) if {"float32", "python_step", "no_native"} & set(kw) else model
                 with lever(**kw):
                     t0 = time.perf_counter()
                     story = gen.generate(m, ["Dialogue", "Twist"], **settings)
                     dt = time.perf_counter() - t0
                 stories.setdefault(name, story)
-                assert story == stories[name] == stories["all levers"], f"{name} changed the story"
+                assert story == stories[name], f"{name} gave another story in another round"
+                if not {"python_step", "no_native"} & set(kw):
+                    assert story == stories["all levers"], f"{name} changed the story"
                 if r:
                     speeds[name].append(tokens / dt)
     finally:
         gen.EOS_BIAS_STEP = real_step
+    same = stories["python step"] == stories["no native code"] == stories["all levers"] == stories["none"]
+    print("without native code: " + ("the same story" if same else "another story (float32 rounding)"))
     base = statistics.median(speeds["none"])
     print(f"{args.model}, {args.threads} thread(s), {args.rounds} rounds, 350-token story, median tokens/s:")
     for name, s in speeds.items():

@@ -13,6 +13,7 @@ import _socket
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # No test may reach the network: the Hugging Face libraries are told so before they are imported (the
@@ -20,6 +21,8 @@ from pathlib import Path
 for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[var] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# Native kernels (tinystories.kernels) are built into a cache of the tests' own, not the user's.
+os.environ.setdefault("TINYSTORIES_CACHE", os.path.join(tempfile.gettempdir(), "tinystories-tests-cache"))
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -133,6 +136,17 @@ def approach2_model(approach2_dir):
     from tinystories import load_model
 
     return load_model(approach2_dir)
+
+
+@pytest.fixture
+def without_native(monkeypatch):
+    """Generation through torch only, as on a machine where tinystories.kernels cannot build."""
+    from tinystories import kernels
+
+    monkeypatch.setenv(kernels.ENABLE_ENV, "0")
+    kernels.reset()
+    yield
+    kernels.reset()
 
 
 def tiny_seed_config(**overrides):

@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import bench  # noqa: E402
+from tinystories import kernels  # noqa: E402
 from tinystories.model import TinyStoriesConfig, TinyStoriesModel  # noqa: E402
 from tinystories.tokenizer import EOS_ID  # noqa: E402
 
@@ -52,6 +53,7 @@ def test_json_is_one_object_on_the_last_line_with_every_number(tiny_bench, capsy
         result["train_tokens_per_s"]["decoder"] / result["train_tokens_per_s"]["seed"], rel=0.02, abs=0.006)
     assert result["peak_rss_mb"] >= result["generation_peak_rss_mb"] > 0
     assert result["device"] == "cpu" and result["threads"] == 1 and result["generation_threads"] == 1
+    assert result["generation_step"] == kernels.describe()  # native or torch, and if torch, why
     assert result["story_tokens"] == {"decoder": 40, "seed": 8}
     assert result["generation_settings"] == {"temperature": 0.8, "top_p": 0.9}  # the app's defaults
     assert "random weights" in result["generation_models"]["decoder"]  # no checkpoint there: said, not hidden

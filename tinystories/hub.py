@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import kernels
 from .model import ConfigError, TinyStoriesConfig, TinyStoriesModel
 from .tokenizer import load_tokenizer
 
@@ -97,6 +98,8 @@ def load_model(source: str | os.PathLike | None = None, revision: str | None = N
         raise CheckpointError(f"tokenizer of {folder}: {e}") from None
     model.source = source + (f"@{revision}" if revision else "")
     model.folder = folder
+    if config.arch == "decoder" and torch.device(device).type == "cpu":
+        kernels.native()  # build the native step now (once per machine, <1 s), not during the first story
     return model.to(device).eval()
 
 

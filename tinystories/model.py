@@ -10,6 +10,7 @@ decoder: a causal pre-LN decoder trained on every position, with a KV cache for 
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import threading
 from dataclasses import asdict, dataclass, fields
@@ -20,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
+from . import kernels
 from .tokenizer import GPT2_VOCAB_SIZE, PAD_ID, VOCAB_SIZE
 
 CONFIG_VERSION = 1
@@ -129,6 +131,7 @@ class KVCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.length = 0  # tokens cached (the same in every layer, once a forward pass is done)
+        self._pointers = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this layer's k, v [B, H, T, hd] after the cached tokens; return all of them (views)."""
@@ -141,6 +144,16 @@ class KVCache:
         keys.narrow(2, self.length, k.shape[2]).copy_(k)
         values.narrow(2, self.length, v.shape[2]).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+
+    def pointers(self):
+        """Each layer's keys, then values, as a ctypes array of pointers (the native step writes the next token's
+        there), or None where that step cannot use them: not yet allocated, or not one float32 row."""
+        if self._pointers is None and self.keys:
+            tensors = [t for pair in zip(self.keys, self.values) for t in pair]
+            if all(t.dtype == torch.float32 and t.device.type == "cpu" and t.shape[0] == 1 and t.is_contiguous()
+                   for t in tensors):
+                self._pointers = (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+        return self._pointers
 
 
 def _call(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -183,8 +196,21 @@ class CompactWeights:
         entry = self.copies.get(id(layer))
         if entry is None or entry[0] is not w or entry[1] != w._version:
             entry = self.copies[id(layer)] = (w, w._version, self._exact_copy(w))
-        half = entry[2]
-        return half, w if half is None else self._scratch(half.shape), layer.bias
+        half, bias = entry[2], layer.bias
+        if half is None:
+            return None, w, bias, None
+        return half, self._scratch(half.shape), bias, self._native(half, bias)
+
+    @staticmethod
+    def _native(half: torch.Tensor, bias: torch.Tensor | None) -> tuple | None:
+        """(kernel, W, b, N, K) for the native product of one row (tinystories.kernels), or None: torch's."""
+        fn = kernels.matvec()
+        if (fn is None or half.dtype != torch.float16 or half.dim() != 2 or not half.is_contiguous()
+                or half.shape[1] % kernels.K_MULTIPLE):
+            return None
+        if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous() or bias.device.type != "cpu"):
+            return None
+        return fn, half.data_ptr(), None if bias is None else bias.data_ptr(), half.shape[0], half.shape[1]
 
     def _scratch(self, shape: torch.Size) -> torch.Tensor:
         """A float32 view of this shape on this thread's scratch buffer (every matrix's, from its start)."""
@@ -212,8 +238,17 @@ class CompactWeights:
 
 
 def product(prepared: tuple, x: torch.Tensor) -> torch.Tensor:
-    """x times a matrix prepared by CompactWeights.prepare: F.linear(x, weight, bias), the very same floats."""
-    half, w, bias = prepared
+    """x times a matrix prepared by CompactWeights.prepare: F.linear(x, weight, bias). One row (a generation step)
+    goes through the native kernel where it runs (the same values up to float32 rounding); otherwise the float16
+    copy is widened into the scratch view and F.linear gives the very same floats as the float32 weight."""
+    half, w, bias, native = prepared
+    if native is not None and x.numel() == native[4] and x.dtype == torch.float32 and x.is_cpu \
+            and not torch.is_grad_enabled():
+        fn, w_ptr, b_ptr, n, k = native
+        x = x.contiguous()
+        y = torch.empty(x.shape[:-1] + (n,))
+        fn(w_ptr, x.data_ptr(), b_ptr, y.data_ptr(), n, k)  # the tensors it reads are held by `prepared`
+        return y
     if half is not None:
         w.copy_(half)
     return F.linear(x, w, bias)
@@ -391,7 +426,15 @@ class Decoder(nn.Module):
         start = cache.length
         x = self.output.embed(idx) + self.position.weight[start : start + 1]
         B, T, C = x.shape
-        blocks, ln_f = self._step_plan()
+        blocks, ln_f, native = self._step_plan()
+        if native is not None and B == 1 and x.dtype == torch.float32:
+            pointers = cache.pointers()
+            if pointers is not None:  # the whole step in one native call (tinystories.kernels)
+                fn, sizes, params, eps, scratch = native
+                out = torch.empty(1, 1, C)
+                fn(*sizes, params, eps, pointers, start, x.contiguous().data_ptr(), out.data_ptr(), scratch.data_ptr())
+                cache.length = start + 1
+                return out
         for i, (ln1, qkv, n_heads, proj, ln2, fc, out) in enumerate(blocks):
             h = F.layer_norm(x, (C,), *ln1)
             q, k, v = product(qkv, h).view(B, T, 3, n_heads, C // n_heads).permute(2, 0, 3, 1, 4)
@@ -426,9 +469,47 @@ class Decoder(nn.Module):
 
         blocks = [(norm(b.ln1), prepared(b.attn.qkv), b.attn.n_heads, prepared(b.attn.proj), norm(b.ln2),
                    prepared(b.mlp[0]), prepared(b.mlp[2])) for b in self.blocks]
-        steps = (blocks, norm(self.ln_f))
+        steps = (blocks, norm(self.ln_f), self._native_plan(blocks, norm(self.ln_f)))
         local.step_plan = ([(owner, name, t, t._version) for owner, name, t in used], steps)
         return steps
+
+    def _native_plan(self, blocks: list[tuple], ln_f: tuple) -> tuple | None:
+        """The native step's arguments for these tensors (kernels.decoder_step: pointers, sizes, a scratch buffer
+        for this thread), or None where it cannot run them: no native library, a matrix without a float16 copy,
+        a norm that is not plain float32."""
+        fn = kernels.decoder_step()
+        if fn is None or not blocks:
+            return None
+        d, n_heads, d_ff = ln_f[0].numel(), blocks[0][2], blocks[0][5][1].shape[0]
+        shapes = [(3 * d, d), (d, d), (d_ff, d), (d, d_ff)]
+        params, eps = [], []
+
+        def norm(weight, bias, e):
+            if not all(t is not None and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+                       and t.shape == (d,) for t in (weight, bias)):
+                raise ValueError
+            eps.append(e)
+            return [weight.data_ptr(), bias.data_ptr()]
+
+        def matrix(prepared, shape):
+            native = prepared[3]
+            if native is None or (native[3], native[4]) != shape:
+                raise ValueError
+            return [native[1], native[2]]
+
+        try:
+            for ln1, qkv, heads, proj, ln2, fc, out in blocks:
+                if heads != n_heads:
+                    return None
+                params += norm(*ln1) + matrix(qkv, shapes[0]) + matrix(proj, shapes[1]) + norm(*ln2)
+                params += matrix(fc, shapes[2]) + matrix(out, shapes[3])
+            params += norm(*ln_f)
+        except ValueError:
+            return None
+        sizes = (len(blocks), d, n_heads, d_ff, self.context)
+        with torch.inference_mode(False):
+            scratch = torch.empty(6 * d + d_ff + self.context)
+        return fn, sizes, (ctypes.c_void_p * len(params))(*params), (ctypes.c_double * len(eps))(*eps), scratch
 
 
 # ----------------------------------------------------------------------------------------------- the model
