@@ -38,6 +38,7 @@ import torch
 
 from tinystories import (MAX_TOKENS, TAGS, CheckpointError, GenerationError, UnknownTagError, check_settings,
                          load_model, normalize_tags, stream_story)
+from tinystories import kernels
 from tinystories.generate import DEFAULT_THREADS, THREADS_ENV, generation_threads
 from tinystories.hub import read_card_metrics
 
@@ -348,6 +349,7 @@ def model_info(models: dict, notes: dict[int, str] | None = None) -> str:
             parts.append("**Metrics:** none recorded (no metrics.json)")
     if not notes:
         parts.append("No fallback: every approach loaded from its requested source.")
+    parts.append(f"**Generation steps on this server:** {kernels.describe()}")
     return "\n\n".join(parts)
 
 
@@ -464,6 +466,7 @@ def main(argv=None) -> int:
     apply_threads(threads)  # before loading: no torch work runs on the default thread count
     log.info("generating with %d torch thread(s) per story", threads)
     models, notes = load_models(model_sources(args.approach1, args.approach2))
+    log.info("generation steps: %s", kernels.describe())
     if not models:
         print("error: no model could be loaded:\n  " + "\n  ".join(notes.values()), file=sys.stderr)
         return 2

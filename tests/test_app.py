@@ -203,6 +203,7 @@ def test_the_model_tab_shows_source_arch_size_context_and_metrics(loaded):
     for key in app.read_card_metrics(models[2].folder):
         assert f"| {key} |" in info
     assert "No fallback" in info
+    assert f"**Generation steps on this server:** {app.kernels.describe()}" in info  # native, or torch and why
 
 
 def test_a_hub_source_is_shown_with_its_revision_and_commit():

@@ -1,16 +1,35 @@
-"""Native generation steps (tinystories.kernels, matvec.c): built once, checked against torch, and never required."""
+"""Native generation steps (tinystories.kernels, matvec.c): built once, checked against torch, and never required.
+
+The stories native steps generate from fixed seeds are stored in tests/fixtures/native_reference.json (a tiny
+float16-valued decoder, so that every matrix runs natively). Re-record them only when matvec.c changes its
+arithmetic on purpose:
+
+    python tests/test_kernels.py
+"""
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import platform
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_decoder_config
-from tinystories import TinyStoriesModel, kernels
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import tiny_decoder_config  # noqa: E402
+from tinystories import TinyStoriesModel, kernels  # noqa: E402
+
+gen = importlib.import_module("tinystories.generate")
+NATIVE_REFERENCE = ROOT / "tests" / "fixtures" / "native_reference.json"
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 requires_native = pytest.mark.skipif(not (X86 and kernels.compiler()), reason="needs an x86-64 CPU and a C compiler")
@@ -168,6 +187,14 @@ def test_a_build_is_kept_and_reused(tmp_path):
     assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == mtime  # not rebuilt
 
 
+@requires_native
+def test_a_damaged_build_is_built_again(tmp_path):
+    lib = kernels.library_path(tmp_path, kernels.compiler())  # (never a loaded library: rewriting one crashes)
+    lib.write_bytes(b"not a shared library")  # a full disk, a killed copy
+    assert kernels.build(tmp_path).tinystories_cpu_supported() == 1
+    assert lib.read_bytes()[:4] == b"\x7fELF" and list(tmp_path.iterdir()) == [lib]
+
+
 @pytest.mark.parametrize("cc, message", [
     ("/nonexistent/cc", "could not run the C compiler"),
     ("false", "could not build matvec.c"),  # a compiler that fails
@@ -218,3 +245,67 @@ def test_the_cache_folder(tmp_path):
     assert kernels.cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "tinystories"
     assert kernels.cache_dir({}) == kernels.Path.home() / ".cache" / "tinystories"
     assert os.environ[kernels.CACHE_ENV]  # the tests build into their own (conftest), never the user's
+
+
+# --- reproducibility: native stories from fixed seeds, token for token
+
+NATIVE_CASES = [
+    dict(tags=["Dialogue", "Twist"], seed=0, max_tokens=70),
+    dict(tags=["MoralValue"], seed=1, max_tokens=50, temperature=0.7, top_p=0.5),
+    dict(tags=[], seed=2, max_tokens=40, top_p=1.0, temperature=1.3),
+]
+
+
+def native_story_model(tokenizer) -> TinyStoriesModel:
+    """A tiny float16-valued decoder whose output is peaked like a trained model's (weights x3)."""
+    import numpy as np
+
+    model = fp16_decoder(n_layers=2, context=16, cutoffs=(100, 1000))
+    with torch.no_grad():
+        model.decoder.output.set_token_counts(np.random.default_rng(0).zipf(1.3, model.config.vocab_size) * 1.0)
+        for p in model.decoder.output.parameters():
+            p.mul_(4)  # a power of 2: float16 values stay exact
+    model.tokenizer = tokenizer
+    return model
+
+
+def native_stories(tokenizer) -> list[list[int]]:
+    from tinystories.model import CompactWeights
+
+    real, CompactWeights.MIN_SIZE = CompactWeights.MIN_SIZE, 0  # the tiny model's matrices too
+    try:
+        model = native_story_model(tokenizer)
+        out = []
+        for case in NATIVE_CASES:
+            ids = []
+            real_append = gen._Reader.append
+            gen._Reader.append = lambda self, token: (ids.append(int(token)), real_append(self, token))[1]
+            try:
+                for _ in gen.stream_story(model, **case):
+                    pass
+            finally:
+                gen._Reader.append = real_append
+            assert model.decoder.compact.local.step_plan[1][2] is not None, "the native step did not run"
+            out.append(ids)
+        return out
+    finally:
+        CompactWeights.MIN_SIZE = real
+
+
+@requires_native
+def test_native_stories_are_the_recorded_ones(tokenizer):
+    """A seed gives the same story every time, on every x86-64 CPU: the native arithmetic has a fixed order."""
+    reference = json.loads(NATIVE_REFERENCE.read_text())
+    assert reference["cases"] == NATIVE_CASES, "the fixture is out of date: re-record it (module docstring)"
+    got = native_stories(tokenizer)
+    assert got == reference["ids"]
+    assert max(map(len, got)) > 3 * 16  # long enough for the window to move (re-read through torch) twice
+
+
+if __name__ == "__main__":  # re-record the native reference
+    from tinystories.tokenizer import load_tokenizer
+
+    torch.set_num_threads(1)
+    assert kernels.native() is not None, kernels.describe()
+    NATIVE_REFERENCE.write_text(json.dumps({"cases": NATIVE_CASES, "ids": native_stories(load_tokenizer())}) + "\n")
+    print(f"wrote {NATIVE_REFERENCE}")

@@ -210,6 +210,34 @@ def test_generation_steps_follow_weights_changed_in_place_or_replaced(monkeypatc
     assert len(model.decoder.compact.local.views) == len(shapes)  # one scratch view per shape: no stale copies kept
 
 
+def test_generation_steps_follow_weights_given_new_storage(monkeypatch):
+    """`p.data = ...` and a dtype round trip give a parameter new storage without a new tensor or version: the
+    steps must read the new values (the native step reads storage directly: a stale address would be freed
+    memory)."""
+    monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
+    model = fp16_exact_decoder()
+    x = torch.randint(0, 50257, (1, 10))
+
+    def steps_now_and_from_a_fresh_copy():
+        fresh = TinyStoriesModel(model.config).eval()
+        fresh.load_state_dict(model.state_dict())
+        with torch.inference_mode():
+            return steps_through_the_cache(model, x, grad=False), steps_through_the_cache(fresh, x, grad=False)
+
+    before, _ = steps_now_and_from_a_fresh_copy()
+    with torch.no_grad():
+        fc, ln = model.decoder.blocks[0].mlp[0].weight, model.decoder.blocks[1].ln2.weight
+        versions = fc._version, ln._version
+        fc.data = fc.data * 2  # powers of 2 keep float16 values exact
+        ln.data = ln.data + 0.5
+    assert (fc._version, ln._version) == versions  # what the version check alone would miss
+    after, expected = steps_now_and_from_a_fresh_copy()
+    assert not torch.equal(after, before) and torch.equal(after, expected)
+    model.double().float()  # new storage for every parameter, the same values
+    again, _ = steps_now_and_from_a_fresh_copy()
+    assert torch.equal(again, expected)
+
+
 def test_threads_generating_at_once_get_what_each_gets_alone(monkeypatch):
     """The compact copies' scratch buffer and the step plan are per thread: the app serves stories concurrently."""
     from concurrent.futures import ThreadPoolExecutor

@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 
 
 class KernelUnavailable(RuntimeError):
-    """Why the native product cannot be used on this machine."""
+    """Why the native code cannot be used on this machine."""
+
+
+class _Damaged(KernelUnavailable):
+    """A cached library that does not load (a full disk, a killed copy): built again."""
 
 
 def cache_dir(environ=None) -> Path:
@@ -66,29 +70,51 @@ def build(directory: Path | None = None, cc: str | None = None) -> ctypes.CDLL:
     if not cc:
         raise KernelUnavailable("no C compiler found (set CC, or install cc, gcc or clang)")
     directory = Path(directory) if directory is not None else cache_dir()
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(FLAGS).encode(),
+    lib_path = library_path(directory, cc)
+    try:
+        return _load(lib_path)
+    except FileNotFoundError:
+        pass
+    except _Damaged as e:
+        log.info("tinystories: rebuilding %s (%s)", lib_path, e)
+        lib_path.unlink(missing_ok=True)
+    _compile(cc, directory, lib_path)
+    return _load(lib_path)
+
+
+def library_path(directory: Path, cc: str) -> Path:
+    """Where the library built from this source, by this compiler, for this platform and Python is kept."""
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), cc.encode(), " ".join(FLAGS).encode(),
                                      platform.platform().encode(), sys.version.encode()])).hexdigest()[:16]
-    lib_path = directory / f"matvec-{key}.so"
+    return Path(directory) / f"matvec-{key}.so"
+
+
+def _compile(cc: str, directory: Path, lib_path: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KernelUnavailable(f"cannot create the kernel cache {directory}: {e}") from e
+    partial = directory / f".{lib_path.name}.{os.getpid()}.{threading.get_ident()}"  # then renamed: atomic
+    try:
+        done = subprocess.run([cc, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        partial.unlink(missing_ok=True)
+        raise KernelUnavailable(f"could not run the C compiler {cc!r}: {e}") from e
+    if done.returncode:
+        partial.unlink(missing_ok=True)
+        raise KernelUnavailable(f"{cc} could not build {SOURCE.name}: {done.stderr.strip()[-600:]}")
+    os.replace(partial, lib_path)
+
+
+def _load(lib_path: Path) -> ctypes.CDLL:
     if not lib_path.is_file():
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise KernelUnavailable(f"cannot create the kernel cache {directory}: {e}") from e
-        partial = directory / f".{lib_path.name}.{os.getpid()}.{threading.get_ident()}"  # then renamed: atomic
-        try:
-            done = subprocess.run([cc, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"], capture_output=True,
-                                  text=True, timeout=300)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise KernelUnavailable(f"could not run the C compiler {cc!r}: {e}") from e
-        if done.returncode:
-            partial.unlink(missing_ok=True)
-            raise KernelUnavailable(f"{cc} could not build {SOURCE.name}: {done.stderr.strip()[-600:]}")
-        os.replace(partial, lib_path)
+        raise FileNotFoundError(lib_path)
     try:
         lib = ctypes.CDLL(str(lib_path))
-    except OSError as e:
-        raise KernelUnavailable(f"cannot load {lib_path}: {e}") from e
+        lib.tinystories_cpu_supported, lib.tinystories_matvec_f16, lib.tinystories_decoder_step
+    except (OSError, AttributeError) as e:
+        raise _Damaged(f"cannot load {lib_path}: {e}") from e
     if not lib.tinystories_cpu_supported():
         raise KernelUnavailable("this CPU lacks AVX2, FMA or F16C")
     P, I = ctypes.c_void_p, ctypes.c_int64

@@ -174,7 +174,7 @@ class CompactWeights:
     MIN_SIZE = 1 << 14  # smaller matrices stay in cache anyway
 
     def __init__(self):
-        self.copies: dict[int, tuple] = {}  # id(layer) -> (its weight, the weight's version, compact copy or None)
+        self.copies: dict[int, tuple] = {}  # id(layer) -> (its weight, its version, compact copy or None, its data)
         self.local = threading.local()  # per thread (the app serves stories concurrently): scratch buffer, views
 
     def __deepcopy__(self, memo):
@@ -194,8 +194,8 @@ class CompactWeights:
         With a copy, the matrix is a view of this thread's scratch buffer, which `product` fills first."""
         w = layer.weight
         entry = self.copies.get(id(layer))
-        if entry is None or entry[0] is not w or entry[1] != w._version:
-            entry = self.copies[id(layer)] = (w, w._version, self._exact_copy(w))
+        if entry is None or entry[0] is not w or entry[1] != w._version or entry[3] != w.data_ptr():
+            entry = self.copies[id(layer)] = (w, w._version, self._exact_copy(w), w.data_ptr())
         half, bias = entry[2], layer.bias
         if half is None:
             return None, w, bias, None
@@ -431,8 +431,8 @@ class Decoder(nn.Module):
             pointers = cache.pointers()
             if pointers is not None:  # the whole step in one native call (tinystories.kernels)
                 fn, sizes, params, eps, scratch = native
-                out = torch.empty(1, 1, C)
-                fn(*sizes, params, eps, pointers, start, x.contiguous().data_ptr(), out.data_ptr(), scratch.data_ptr())
+                x, out = x.contiguous(), torch.empty(1, 1, C)  # named: alive until the call returns
+                fn(*sizes, params, eps, pointers, start, x.data_ptr(), out.data_ptr(), scratch.data_ptr())
                 cache.length = start + 1
                 return out
         for i, (ln1, qkv, n_heads, proj, ln2, fc, out) in enumerate(blocks):
@@ -448,12 +448,13 @@ class Decoder(nn.Module):
 
     def _step_plan(self) -> tuple[list[tuple], tuple]:
         """Every tensor _step reads, per block, with its products prepared (CompactWeights.prepare). Kept per
-        thread (the compact copies' scratch views are) and rebuilt when a tensor is replaced or changes in place:
-        training or load_state_dict between stories."""
+        thread (the compact copies' scratch views are) and rebuilt when a tensor is replaced, changes in place, or
+        gets new storage (`p.data = ...`, `model.double().float()`: same tensor, same version): training,
+        load_state_dict or a dtype round trip between stories. The native step reads the storage itself."""
         local = self.compact.local
         plan = getattr(local, "step_plan", None)
-        if plan is not None and all(owner._parameters[name] is t and t._version == v
-                                    for owner, name, t, v in plan[0]):
+        if plan is not None and all(owner._parameters[name] is t and t._version == v and t.data_ptr() == ptr
+                                    for owner, name, t, v, ptr in plan[0]):
             return plan[1]
         used = []  # (module, parameter name, the tensor read)
 
@@ -469,8 +470,9 @@ class Decoder(nn.Module):
 
         blocks = [(norm(b.ln1), prepared(b.attn.qkv), b.attn.n_heads, prepared(b.attn.proj), norm(b.ln2),
                    prepared(b.mlp[0]), prepared(b.mlp[2])) for b in self.blocks]
-        steps = (blocks, norm(self.ln_f), self._native_plan(blocks, norm(self.ln_f)))
-        local.step_plan = ([(owner, name, t, t._version) for owner, name, t in used], steps)
+        final = norm(self.ln_f)
+        steps = (blocks, final, self._native_plan(blocks, final))
+        local.step_plan = ([(owner, name, t, t._version, t.data_ptr()) for owner, name, t in used], steps)
         return steps
 
     def _native_plan(self, blocks: list[tuple], ln_f: tuple) -> tuple | None:
