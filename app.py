@@ -63,8 +63,9 @@ DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "max_tokens": MAX_TOKENS, "eos_bia
 SEED_RANGE = 2**31  # a random seed is drawn below this, so it stays easy to copy
 
 # torch threads per story (torch.set_num_threads at start-up), unless --threads or $TINYSTORIES_THREADS says
-# otherwise. Measured on this project's 2-core CPU (compare_stories in fresh threads, tags Dialogue+Twist, seeds
-# 3 and 4, tokens of both stories / wall time, median of 5 alternating runs; another job kept ~1 core busy):
+# otherwise. Measured on this project's 2-core CPU before the native step (compare_stories in fresh threads, tags
+# Dialogue+Twist, seeds 3 and 4, tokens of both stories / wall time, median of 5 alternating runs; another job
+# kept ~1 core busy):
 #   1 thread:  one /compare 180 tokens/s, two /compare at once 191 tokens/s in all
 #   2 threads: one /compare 165 tokens/s, two /compare at once 149 tokens/s in all
 # (bench.py on a quiet machine: one story 176 tokens/s on 1 thread, 173 on 2.) Through HTTP, scripts/app_memory.py

@@ -6,9 +6,10 @@ widened into a float32 buffer first and then read again by the product: three pa
 of arithmetic. `matvec.c` widens each weight in registers and multiplies it in the same pass (AVX2, FMA, F16C):
 3-5x faster products on this project's CPU. `tinystories_decoder_step` runs a whole token through the decoder
 (norms, attention over the KV cache, exact GELU, residuals) in one call, instead of ~80 small torch operations
-from Python, each of which costs more in overhead than in arithmetic at this size. It is plain C (no torch headers), so it builds in well under a
-second with the system's C compiler, once per machine, into `$TINYSTORIES_CACHE` (default
-`~/.cache/tinystories`), and is loaded with ctypes, which lets other threads run during a product.
+from Python, each of which costs more in overhead than in arithmetic at this size. It is plain C (no torch
+headers), so it builds in well under a second with the system's C compiler, once per machine, into
+`$TINYSTORIES_CACHE` (default `~/.cache/tinystories`), and is loaded with ctypes, which lets other threads run
+during a call.
 
 Where it cannot run (no C compiler, not an x86-64 CPU with AVX2/FMA/F16C, or `TINYSTORIES_KERNELS=0`), `native()`
 is None and steps go through torch. Both give the same values up to float32 rounding (the order of additions,
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-ENABLE_ENV = "TINYSTORIES_KERNELS"  # "0" (or "false", "no", "off"): products through torch only
+ENABLE_ENV = "TINYSTORIES_KERNELS"  # "0" (or "false", "no", "off"): generation through torch only
 CACHE_ENV = "TINYSTORIES_CACHE"
 SOURCE = Path(__file__).with_name("matvec.c")
 FLAGS = ("-O2", "-ffp-contract=off", "-fPIC", "-shared")  # no -ffast-math, no contraction: a fixed order

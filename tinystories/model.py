@@ -165,10 +165,11 @@ class CompactWeights:
 
     Generating one token multiplies one vector by every matrix: on a CPU that is time spent reading ~19 MB of
     float32 weights from memory, not arithmetic. Weights loaded from a float16 (or bfloat16) checkpoint hold
-    exactly float16 values, so each matrix is kept in float16 and widened into a small float32 scratch buffer
-    (which stays in cache) right before its product: the very same float32 product, at half the memory traffic
-    (bench.py: about 2x faster matrix-vector products on this CPU). A matrix whose values are not exactly
-    representable (a model being trained, a float32 checkpoint) is used as it is.
+    exactly float16 values, so each matrix is kept in float16. One row (a generation step) is multiplied by the
+    float16 matrix itself in native code where it runs (tinystories.kernels: widened in registers, the same values
+    up to float32 rounding); otherwise, and for several rows, the copy is widened into a small float32 scratch
+    buffer right before its product: the very same floats as the float32 weight. A matrix whose values are not
+    exactly representable (a model being trained, a float32 checkpoint) is used as it is.
     """
 
     MIN_SIZE = 1 << 14  # smaller matrices stay in cache anyway
