@@ -163,6 +163,19 @@ def tiny_decoder_config(**overrides):
     return TinyStoriesConfig(**{**kw, **overrides})
 
 
+def fp16_valued_decoder(**overrides):
+    """A tiny decoder whose float32 weights hold float16 values, as after loading a float16 checkpoint: every
+    matrix gets a float16 copy (with CompactWeights.MIN_SIZE patched to 0) and the native step can run."""
+    from tinystories import TinyStoriesModel
+
+    torch.manual_seed(0)
+    model = TinyStoriesModel(tiny_decoder_config(**overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    return model
+
+
 @pytest.fixture(scope="session")
 def seed_model(tokenizer):
     """An untrained seed-architecture model, shrunk (same layout as the seed's, tiny widths), with a tokenizer."""

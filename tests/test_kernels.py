@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import tiny_decoder_config  # noqa: E402
+from conftest import fp16_valued_decoder, tiny_decoder_config  # noqa: E402
 from tinystories import TinyStoriesModel, kernels  # noqa: E402
 
 gen = importlib.import_module("tinystories.generate")
@@ -64,15 +64,6 @@ def test_the_native_product_is_torchs_up_to_float32_rounding(n, k, bias):
     assert torch.equal(native_product(w16, x.clone(), b), got)  # deterministic, wherever x lies
 
 
-def fp16_decoder(**overrides) -> TinyStoriesModel:
-    """A tiny decoder whose weights hold float16 values (as loaded from a float16 checkpoint), so that every
-    matrix has a compact copy and the native step runs."""
-    torch.manual_seed(0)
-    model = TinyStoriesModel(tiny_decoder_config(**overrides)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.half().float())
-    return model
 
 
 def steps(model, x, native: bool):
@@ -102,7 +93,7 @@ def steps(model, x, native: bool):
 @pytest.mark.parametrize("overrides", [{}, dict(d_model=64, n_heads=4, d_ff=128, n_layers=3, context=24)])
 def test_the_native_step_is_the_torch_step_up_to_float32_rounding(monkeypatch, overrides):
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
-    model = fp16_decoder(**overrides)
+    model = fp16_valued_decoder(**overrides)
     x = torch.randint(0, 50257, (1, model.config.context), generator=torch.Generator().manual_seed(1))
     h_native, kv_native, used = steps(model, x, native=True)
     h_torch, kv_torch, used_torch = steps(model, x, native=False)
@@ -118,7 +109,7 @@ def test_the_native_step_serves_threads_at_once(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
-    model = fp16_decoder()
+    model = fp16_valued_decoder()
     prompts = [torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
 
     def run(x):
@@ -150,7 +141,7 @@ def test_what_the_native_step_cannot_run_goes_through_torch(monkeypatch):
 def test_generation_without_native_code_is_the_torch_path(without_native, monkeypatch):
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
     assert kernels.native() is None and "turned off by TINYSTORIES_KERNELS=0" in kernels.describe()
-    model = fp16_decoder()
+    model = fp16_valued_decoder()
     x = torch.randint(0, 50257, (1, 12))
     h, _, used = steps(model, x, native=True)
     assert not used
@@ -260,7 +251,7 @@ def native_story_model(tokenizer) -> TinyStoriesModel:
     """A tiny float16-valued decoder whose output is peaked like a trained model's (weights x3)."""
     import numpy as np
 
-    model = fp16_decoder(n_layers=2, context=16, cutoffs=(100, 1000))
+    model = fp16_valued_decoder(n_layers=2, context=16, cutoffs=(100, 1000))
     with torch.no_grad():
         model.decoder.output.set_token_counts(np.random.default_rng(0).zipf(1.3, model.config.vocab_size) * 1.0)
         for p in model.decoder.output.parameters():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_decoder_config, tiny_seed_config
+from conftest import fp16_valued_decoder, tiny_decoder_config, tiny_seed_config
 from tinystories import ConfigError, TinyStoriesConfig, TinyStoriesModel
 from tinystories.data import IGNORE
 from tinystories.tokenizer import VOCAB_SIZE
@@ -120,14 +120,6 @@ def test_config_from_another_version_is_refused():
 # --- compact weights: float16 copies widened right before each product, for one-token steps on a CPU
 
 
-def fp16_exact_decoder():
-    """A tiny decoder whose float32 weights hold float16 values, as after loading a float16 checkpoint."""
-    torch.manual_seed(0)
-    model = TinyStoriesModel(tiny_decoder_config()).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.half().float())
-    return model
 
 
 def steps_through_the_cache(model, x, grad: bool):
@@ -147,7 +139,7 @@ def test_compact_weights_give_the_very_same_floats(monkeypatch, without_native):
     """Through torch, a float16 copy widened before its product gives F.linear's floats exactly (native code, which
     rounds differently, is tested in test_kernels.py)."""
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)  # the tiny model's matrices too
-    model = fp16_exact_decoder()
+    model = fp16_valued_decoder()
     x = torch.randint(0, 50257, (1, 12))
     plain = steps_through_the_cache(model, x, grad=True).detach()  # with gradients on: the plain products
     with torch.inference_mode():
@@ -171,7 +163,7 @@ def test_weights_that_are_not_float16_values_are_used_as_they_are(monkeypatch):
 
 def test_a_compact_copy_follows_its_weights_when_they_change(monkeypatch):
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
-    model = fp16_exact_decoder()
+    model = fp16_valued_decoder()
     x = torch.randint(0, 50257, (1, 8))
     with torch.no_grad():
         before = model.decoder(x)
@@ -184,27 +176,30 @@ def test_a_compact_copy_follows_its_weights_when_they_change(monkeypatch):
         assert torch.equal(after, expected.decoder(x).detach())
 
 
+def steps_now_and_from_a_fresh_copy(model, x):
+    """Steps of x through `model` as it is now, and through a fresh model loaded from its state: the same path
+    (native code where it runs), so anything stale in `model` shows as a difference."""
+    fresh = TinyStoriesModel(model.config).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        return steps_through_the_cache(model, x, grad=False), steps_through_the_cache(fresh, x, grad=False)
+
+
 def test_generation_steps_follow_weights_changed_in_place_or_replaced(monkeypatch):
     """Decoder._step keeps what it reads (norms, prepared products) between tokens: a weight changed in place
     (an optimizer step, load_state_dict) or replaced by another tensor must be read afresh."""
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
-    model = fp16_exact_decoder()
+    model = fp16_valued_decoder()
     x = torch.randint(0, 50257, (1, 10))
 
-    def steps_now_and_from_a_fresh_copy():
-        fresh = TinyStoriesModel(model.config).eval()
-        fresh.load_state_dict(model.state_dict())
-        with torch.inference_mode():  # both the same path: native code where it runs
-            return steps_through_the_cache(model, x, grad=False), steps_through_the_cache(fresh, x, grad=False)
-
-    before, _ = steps_now_and_from_a_fresh_copy()
+    before, _ = steps_now_and_from_a_fresh_copy(model, x)
     with torch.no_grad():
         model.decoder.blocks[1].attn.proj.weight.mul_(2)  # in place; powers of 2 keep float16 values exact
-    in_place, expected = steps_now_and_from_a_fresh_copy()
+    in_place, expected = steps_now_and_from_a_fresh_copy(model, x)
     assert not torch.equal(in_place, before) and torch.equal(in_place, expected)
     block = model.decoder.blocks[0]
     block.mlp[2].weight = torch.nn.Parameter(block.mlp[2].weight.detach() * 4)
-    replaced, expected = steps_now_and_from_a_fresh_copy()
+    replaced, expected = steps_now_and_from_a_fresh_copy(model, x)
     assert not torch.equal(replaced, in_place) and torch.equal(replaced, expected)
     shapes = {m.weight.shape for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)}
     assert len(model.decoder.compact.local.views) == len(shapes)  # one scratch view per shape: no stale copies kept
@@ -215,26 +210,20 @@ def test_generation_steps_follow_weights_given_new_storage(monkeypatch):
     steps must read the new values (the native step reads storage directly: a stale address would be freed
     memory)."""
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
-    model = fp16_exact_decoder()
+    model = fp16_valued_decoder()
     x = torch.randint(0, 50257, (1, 10))
 
-    def steps_now_and_from_a_fresh_copy():
-        fresh = TinyStoriesModel(model.config).eval()
-        fresh.load_state_dict(model.state_dict())
-        with torch.inference_mode():
-            return steps_through_the_cache(model, x, grad=False), steps_through_the_cache(fresh, x, grad=False)
-
-    before, _ = steps_now_and_from_a_fresh_copy()
+    before, _ = steps_now_and_from_a_fresh_copy(model, x)
     with torch.no_grad():
         fc, ln = model.decoder.blocks[0].mlp[0].weight, model.decoder.blocks[1].ln2.weight
         versions = fc._version, ln._version
         fc.data = fc.data * 2  # powers of 2 keep float16 values exact
         ln.data = ln.data + 0.5
     assert (fc._version, ln._version) == versions  # what the version check alone would miss
-    after, expected = steps_now_and_from_a_fresh_copy()
+    after, expected = steps_now_and_from_a_fresh_copy(model, x)
     assert not torch.equal(after, before) and torch.equal(after, expected)
     model.double().float()  # new storage for every parameter, the same values
-    again, _ = steps_now_and_from_a_fresh_copy()
+    again, _ = steps_now_and_from_a_fresh_copy(model, x)
     assert torch.equal(again, expected)
 
 
@@ -243,7 +232,7 @@ def test_threads_generating_at_once_get_what_each_gets_alone(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
-    model = fp16_exact_decoder()
+    model = fp16_valued_decoder()
     prompts = [torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
 
     def run(x):
@@ -261,7 +250,7 @@ def test_a_model_with_compact_copies_still_copies_and_pickles(monkeypatch):
     import pickle
 
     monkeypatch.setattr("tinystories.model.CompactWeights.MIN_SIZE", 0)
-    model = fp16_exact_decoder()
+    model = fp16_valued_decoder()
     with torch.no_grad():
         model.decoder(torch.randint(0, 50257, (1, 8)))
     assert model.decoder.compact.copies
