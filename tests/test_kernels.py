@@ -179,6 +179,12 @@ def test_a_build_is_kept_and_reused(tmp_path):
 
 
 @requires_native
+def test_a_compiler_given_with_arguments(tmp_path):
+    """CC="ccache gcc" and the like: the command is split as a shell would split it."""
+    assert kernels.build(tmp_path, cc=f"env {kernels.compiler()}").tinystories_cpu_supported() == 1
+
+
+@requires_native
 def test_a_damaged_build_is_built_again(tmp_path):
     lib = kernels.library_path(tmp_path, kernels.compiler())  # (never a loaded library: rewriting one crashes)
     lib.write_bytes(b"not a shared library")  # a full disk, a killed copy

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -97,8 +98,8 @@ def _compile(cc: str, directory: Path, lib_path: Path) -> None:
         raise KernelUnavailable(f"cannot create the kernel cache {directory}: {e}") from e
     partial = directory / f".{lib_path.name}.{os.getpid()}.{threading.get_ident()}"  # then renamed: atomic
     try:
-        done = subprocess.run([cc, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"], capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run([*shlex.split(cc), *FLAGS, "-o", str(partial), str(SOURCE), "-lm"],  # CC="ccache gcc"
+                              capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.SubprocessError) as e:
         partial.unlink(missing_ok=True)
         raise KernelUnavailable(f"could not run the C compiler {cc!r}: {e}") from e
