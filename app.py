@@ -165,9 +165,16 @@ def story_length(model, story: str) -> tuple[int, int]:
     return len(story.split()), len(model.tokenizer.encode(story)) if story else 0
 
 
-def story_details(model, tags: list[str], story: str, finished: bool) -> str:
-    """Markdown under a story: the tags requested, its length, and (once finished) the detected tags."""
-    words, tokens = story_length(model, story)
+def story_details(model, tags: list[str], story: str, finished: bool, generated: int | None = None) -> str:
+    """Markdown under a story: the tags requested, its length, and (once finished) the detected tags.
+
+    While a story streams (`generated`: its tokens so far) the length counts the tokens generated: re-encoding the
+    whole story at every token would cost more than the native step generating it. Finished, the length is the
+    story's as the model's tokenizer counts it."""
+    if finished or generated is None:
+        words, tokens = story_length(model, story)
+    else:
+        words, tokens = len(story.split()), generated
     if not finished:
         detected = "…"
     else:
@@ -188,9 +195,9 @@ def generate_story(tags, temperature, top_p, max_tokens, eos_bias_after, seed, a
     tags, settings = check_request(tags, temperature, top_p, max_tokens, eos_bias_after, seed)
     model = pick_model(models, check_approach(approach))
     story = ""
-    yield story, settings["seed"], story_details(model, tags, story, False)
-    for story in _stream(model, tags, settings):
-        yield story, settings["seed"], story_details(model, tags, story, False)
+    yield story, settings["seed"], story_details(model, tags, story, False, 0)
+    for n, story in enumerate(_stream(model, tags, settings), 1):
+        yield story, settings["seed"], story_details(model, tags, story, False, n)
     yield story, settings["seed"], story_details(model, tags, story, True)
 
 
@@ -203,8 +210,8 @@ def compare_stories(tags, temperature, top_p, max_tokens, eos_bias_after, seed, 
     tags, settings = check_request(tags, temperature, top_p, max_tokens, eos_bias_after, seed)
     pair = [pick_model(models, a) for a in APPROACHES]
     streams = [_stream(m, tags, settings) for m in pair]
-    stories, finished = ["", ""], [False, False]
-    details = [story_details(m, tags, "", False) for m in pair]
+    stories, finished, generated = ["", ""], [False, False], [0, 0]
+    details = [story_details(m, tags, "", False, 0) for m in pair]
     yield stories[0], stories[1], settings["seed"], details[0], details[1]
     while not all(finished):
         for i, stream in enumerate(streams):
@@ -212,9 +219,11 @@ def compare_stories(tags, temperature, top_p, max_tokens, eos_bias_after, seed, 
                 continue
             try:
                 stories[i] = next(stream)
+                generated[i] += 1
             except StopIteration:
                 finished[i] = True
-            details[i] = story_details(pair[i], tags, stories[i], finished[i])  # detects tags once, at the end
+            # detects tags once, at the end
+            details[i] = story_details(pair[i], tags, stories[i], finished[i], generated[i])
         yield stories[0], stories[1], settings["seed"], details[0], details[1]
 
 

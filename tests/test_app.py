@@ -60,6 +60,18 @@ def test_a_story_streams_token_by_token_with_the_seed_used(models):
     words, tokens = app.story_length(models[2], stories[-1])
     assert f"{words} words, {tokens} tokens" in details
     assert 0 < tokens <= 30 + 2  # re-encoding may merge or split a token or two
+    for n, (text, _, streaming) in enumerate(chunks[:-1]):  # while streaming: the tokens generated so far
+        assert f"**Length:** {len(text.split())} words, {n} tokens" in streaming and "**Detected tags:** …" in streaming
+
+
+def test_streaming_details_do_not_re_encode_the_story_at_every_token(models, monkeypatch):
+    """Re-encoding the whole story per token would cost more than generating it: once, when it is finished."""
+    tokenizer = models[2].tokenizer
+    calls = []
+    real = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    chunks = list(app.generate_story(["Dialogue"], **SHORT, seed=7, approach=2, models=models))
+    assert len(chunks) > 10 and len(calls) == 1
 
 
 def test_the_same_seed_gives_the_same_story(models):
