@@ -150,10 +150,20 @@ class KVCache:
         there), or None where that step cannot use them: not yet allocated, or not one float32 row."""
         if self._pointers is None and self.keys:
             tensors = [t for pair in zip(self.keys, self.values) for t in pair]
-            if all(t.dtype == torch.float32 and t.device.type == "cpu" and t.shape[0] == 1 and t.is_contiguous()
-                   for t in tensors):
+            if all(_plain_float32(t) and t.shape[0] == 1 for t in tensors):
                 self._pointers = (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
         return self._pointers
+
+
+def _storage(t: torch.Tensor) -> tuple[int, int]:
+    """What changes when a tensor's values may have: its version (in-place writes) and its data's address (new
+    storage under the same tensor: `p.data = ...`, `model.double().float()`). Kept copies and plans compare it."""
+    return t._version, t.data_ptr()
+
+
+def _plain_float32(t: torch.Tensor) -> bool:
+    """Whether native code can read `t` as a plain float32 array: on the CPU, contiguous."""
+    return t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
 
 
 def _call(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +185,7 @@ class CompactWeights:
     MIN_SIZE = 1 << 14  # smaller matrices stay in cache anyway
 
     def __init__(self):
-        self.copies: dict[int, tuple] = {}  # id(layer) -> (its weight, its version, compact copy or None, its data)
+        self.copies: dict[int, tuple] = {}  # id(layer) -> (its weight, _storage(weight), compact copy or None)
         self.local = threading.local()  # per thread (the app serves stories concurrently): scratch buffer, views
 
     def __deepcopy__(self, memo):
@@ -195,8 +205,8 @@ class CompactWeights:
         With a copy, the matrix is a view of this thread's scratch buffer, which `product` fills first."""
         w = layer.weight
         entry = self.copies.get(id(layer))
-        if entry is None or entry[0] is not w or entry[1] != w._version or entry[3] != w.data_ptr():
-            entry = self.copies[id(layer)] = (w, w._version, self._exact_copy(w), w.data_ptr())
+        if entry is None or entry[0] is not w or entry[1] != _storage(w):
+            entry = self.copies[id(layer)] = (w, _storage(w), self._exact_copy(w))
         half, bias = entry[2], layer.bias
         if half is None:
             return None, w, bias, None
@@ -209,7 +219,7 @@ class CompactWeights:
         if (fn is None or half.dtype != torch.float16 or half.dim() != 2 or not half.is_contiguous()
                 or half.shape[1] % kernels.K_MULTIPLE):
             return None
-        if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous() or bias.device.type != "cpu"):
+        if bias is not None and not _plain_float32(bias):
             return None
         return fn, half.data_ptr(), None if bias is None else bias.data_ptr(), half.shape[0], half.shape[1]
 
@@ -454,8 +464,8 @@ class Decoder(nn.Module):
         load_state_dict or a dtype round trip between stories. The native step reads the storage itself."""
         local = self.compact.local
         plan = getattr(local, "step_plan", None)
-        if plan is not None and all(owner._parameters[name] is t and t._version == v and t.data_ptr() == ptr
-                                    for owner, name, t, v, ptr in plan[0]):
+        if plan is not None and all(owner._parameters[name] is t and _storage(t) == storage
+                                    for owner, name, t, storage in plan[0]):
             return plan[1]
         used = []  # (module, parameter name, the tensor read)
 
@@ -473,7 +483,7 @@ class Decoder(nn.Module):
                    prepared(b.mlp[0]), prepared(b.mlp[2])) for b in self.blocks]
         final = norm(self.ln_f)
         steps = (blocks, final, self._native_plan(blocks, final))
-        local.step_plan = ([(owner, name, t, t._version, t.data_ptr()) for owner, name, t in used], steps)
+        local.step_plan = ([(owner, name, t, _storage(t)) for owner, name, t in used], steps)
         return steps
 
     def _native_plan(self, blocks: list[tuple], ln_f: tuple) -> tuple | None:
@@ -488,8 +498,7 @@ class Decoder(nn.Module):
         params, eps = [], []
 
         def norm(weight, bias, e):
-            if not all(t is not None and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
-                       and t.shape == (d,) for t in (weight, bias)):
+            if not all(t is not None and _plain_float32(t) and t.shape == (d,) for t in (weight, bias)):
                 raise ValueError
             eps.append(e)
             return [weight.data_ptr(), bias.data_ptr()]
