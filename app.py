@@ -37,8 +37,7 @@ import gradio as gr
 import torch
 
 from tinystories import (MAX_TOKENS, TAGS, CheckpointError, GenerationError, UnknownTagError, check_settings,
-                         load_model, normalize_tags, stream_story)
-from tinystories import kernels
+                         kernels, load_model, normalize_tags, stream_story)
 from tinystories.generate import DEFAULT_THREADS, THREADS_ENV, generation_threads
 from tinystories.hub import read_card_metrics
 
