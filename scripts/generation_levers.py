@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -49,25 +50,21 @@ def torch_multinomial(p, generator):
 
 @contextlib.contextmanager
 def lever(all_clusters=False, float32=False, modules=False, multinomial=False, python_step=False, no_native=False):
-    real = (gen.NextToken.sample, CompactWeights._exact_copy, Decoder._step, gen._multinomial, Decoder._native_plan,
-            CompactWeights._native)
-    if all_clusters:
-        gen.NextToken.sample = lambda self, *a: (self.scores(), real[0](self, *a))[1]
-    if float32:
-        CompactWeights._exact_copy = lambda self, w: None
-    if modules:
-        Decoder._step = module_step
-    if multinomial:
-        gen._multinomial = torch_multinomial
-    if python_step or no_native:
-        Decoder._native_plan = lambda self, blocks, ln_f: None
-    if no_native:
-        CompactWeights._native = staticmethod(lambda half, bias: None)
-    try:
+    """These levers turned off until the block ends (mock.patch puts every attribute back as it was)."""
+    full_sample = gen.NextToken.sample
+    off = [
+        (all_clusters, gen.NextToken, "sample", lambda self, *a: (self.scores(), full_sample(self, *a))[1]),
+        (float32, CompactWeights, "_exact_copy", lambda self, w: None),
+        (modules, Decoder, "_step", module_step),
+        (multinomial, gen, "_multinomial", torch_multinomial),
+        (python_step or no_native, Decoder, "_native_plan", lambda self, blocks, ln_f: None),
+        (no_native, CompactWeights, "_native", lambda *args: None),
+    ]
+    with contextlib.ExitStack() as stack:
+        for wanted, owner, name, replacement in off:
+            if wanted:
+                stack.enter_context(mock.patch.object(owner, name, replacement))
         yield
-    finally:
-        gen.NextToken.sample, CompactWeights._exact_copy, Decoder._step, gen._multinomial, Decoder._native_plan = real[:5]
-        CompactWeights._native = staticmethod(real[5])
 
 
 VARIANTS = {"all levers": {}, "python step": dict(python_step=True), "no native code": dict(no_native=True),

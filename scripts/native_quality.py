@@ -51,14 +51,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     stories, _ = load_stories(args.data, "valid", args.stories)
-    results = {}
+    results, data = {}, None
     for name, switch in (("native", "1"), ("torch", "0")):
         os.environ[kernels.ENABLE_ENV] = switch
         kernels.reset()
         model = load_model(args.model)
-        results[name] = generation_path_log_probs(model, tokenize_cached(model.tokenizer, stories, None))
+        if data is None:  # both loads carry the same tokenizer files: tokenize once
+            data = tokenize_cached(model.tokenizer, stories, None)
+        results[name] = generation_path_log_probs(model, data)
         print(f"{name:7s} generation path: {-results[name].mean():.6f} nats/token ({kernels.describe()})")
-    data = tokenize_cached(model.tokenizer, stories, None)
     ev = nats_per_story(model, data, progress=False)
     print(f"evaluate (batched windows, torch): {ev['nats_per_token']:.6f} nats/token, "
           f"{len(data)} stories, {ev['tokens']} tokens (generation path: {len(results['native'])})")
